@@ -1,0 +1,53 @@
+"""Data-parallel SGD: average the gradients of all workers before every inner step.
+
+The baseline every low-communication method is compared with (Li et al. 2020, "PyTorch Distributed:
+Experiences on Accelerating Data Parallel Training", arXiv 2006.15704). All workers hold identical weights
+at all times, and every step costs a full fp32 all-reduce of the gradients.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from farsync.algorithms.base import Algorithm
+from farsync.comm.communicator import Communicator
+from farsync.comm.reducer import Reducer
+
+__all__ = ["DDP"]
+
+
+class DDP(Algorithm):
+    """Gradient all-reduce every step. ``round_length`` only sets how often a "round" is reported.
+
+    Failure: a collective error propagates from ``optimizer.step()``; no update is applied for that step.
+    """
+
+    name: ClassVar[str] = "ddp"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        comm: Communicator,
+        *,
+        reducer: Reducer | None = None,
+        round_length: int = 50,
+    ) -> None:
+        super().__init__(model, optimizer, comm, reducer=reducer)
+        self.round_length = round_length
+
+    def before_inner_step(self) -> None:
+        grads = {
+            name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in self.named_params.items()
+        }
+        averaged = self.reducer(grads, self.weight)
+        for name, param in self.named_params.items():
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            param.grad.copy_(averaged[name])
+
+    def after_inner_step(self) -> bool:
+        return self.inner_step % self.round_length == 0

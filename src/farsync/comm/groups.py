@@ -1,0 +1,60 @@
+"""Building process groups explicitly, without ``init_process_group``.
+
+A group is made from a store prefix, so the same TCPStore can host many groups over a run's life (one per
+membership in elastic runs, one per stage or replica in pipelined runs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["backend_for", "make_group", "open_store"]
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL for CUDA tensors, gloo otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def open_store(host: str, port: int, world_size: int, is_master: bool, timeout_s: float = 60.0) -> dist.TCPStore:
+    """Connects to (or hosts) the TCPStore that every group of the run is built on."""
+    return dist.TCPStore(
+        host,
+        port,
+        world_size,
+        is_master,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+    )
+
+
+def make_group(
+    store: dist.Store,
+    prefix: str,
+    rank: int,
+    world_size: int,
+    *,
+    device: torch.device | None = None,
+    timeout_s: float = 60.0,
+) -> dist.ProcessGroup | None:
+    """A new group of ``world_size`` members on ``store`` under ``prefix``; ``None`` at world size 1."""
+    if world_size == 1:
+        return None
+    prefixed = dist.PrefixStore(prefix, store)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if device is not None and backend_for(device) == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout
+        return dist.ProcessGroupNCCL(prefixed, rank, world_size, options)
+    if os.environ.get("GLOO_SOCKET_IFNAME") is None and os.environ.get("FARSYNC_LOOPBACK", "1") == "1":
+        # Single-host runs: keep gloo on loopback so it never picks another interface.
+        device_gloo = dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")
+        options = dist.ProcessGroupGloo._Options()
+        options._devices = [device_gloo]
+        options._timeout = timeout
+        return dist.ProcessGroupGloo(prefixed, rank, world_size, options)
+    return dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
