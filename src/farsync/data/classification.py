@@ -1,0 +1,93 @@
+"""Small classification datasets as train/test tensors.
+
+This module owns loading the classification data used by the federated and Byzantine experiments:
+scikit-learn's bundled 8x8 digits (no download) and user arrays from an ``.npz`` file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+
+__all__ = ["ClassificationData", "load_digits_split", "load_npz"]
+
+
+@dataclass
+class ClassificationData:
+    """A train/test split of features and integer labels."""
+
+    x_train: Tensor
+    """Training features, float32, ``[N_train, ...]``."""
+    y_train: Tensor
+    """Training labels, int64, ``[N_train]``."""
+    x_test: Tensor
+    """Test features, float32, ``[N_test, ...]``."""
+    y_test: Tensor
+    """Test labels, int64, ``[N_test]``."""
+    num_classes: int
+    """Number of classes (labels run from 0 to ``num_classes - 1``)."""
+    num_features: int
+    """Number of scalar features per example."""
+
+
+def _split(
+    features: NDArray[np.float32], labels: NDArray[np.int64], test_fraction: float, seed: int
+) -> ClassificationData:
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    # Stratify whenever every class has two members, so train and test keep the label balance.
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    x_train, x_test, y_train, y_test = train_test_split(
+        features, labels, test_size=test_fraction, random_state=seed, stratify=stratify
+    )
+    return ClassificationData(
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
+        y_train=torch.from_numpy(np.ascontiguousarray(y_train)),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
+        y_test=torch.from_numpy(np.ascontiguousarray(y_test)),
+        num_classes=int(labels.max()) + 1,
+        num_features=int(np.prod(features.shape[1:])),
+    )
+
+
+def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> ClassificationData:
+    """scikit-learn's 1,797 8x8 digits, pixels scaled to [0, 1], flat 64 features, stratified split."""
+    digits = load_digits()
+    features = (np.asarray(digits.data, dtype=np.float32) / 16.0).astype(np.float32)
+    labels = np.asarray(digits.target, dtype=np.int64)
+    return _split(features, labels, test_fraction, seed)
+
+
+def load_npz(path: str | os.PathLike[str], test_fraction: float = 0.25, seed: int = 0) -> ClassificationData:
+    """Load arrays ``x`` (features, any shape ``[N, ...]``) and ``y`` (integer labels ``[N]``) and split them.
+
+    Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` if it lacks ``x`` or ``y``,
+    their lengths differ, or ``y`` is not non-negative integers.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"npz dataset not found: {file}")
+    with np.load(file) as arrays:
+        missing = [key for key in ("x", "y") if key not in arrays.files]
+        if missing:
+            raise ValueError(f"{file} lacks array(s) {missing}; found {arrays.files}, need 'x' and 'y'")
+        features = np.asarray(arrays["x"], dtype=np.float32)
+        raw_labels = np.asarray(arrays["y"])
+    if raw_labels.ndim != 1 or features.shape[0] != raw_labels.shape[0]:
+        raise ValueError(
+            f"{file}: x has {features.shape[0]} rows but y has shape {raw_labels.shape}; need matching lengths"
+        )
+    if not np.issubdtype(raw_labels.dtype, np.integer) or raw_labels.size == 0 or raw_labels.min() < 0:
+        raise ValueError(
+            f"{file}: y must be a non-empty array of non-negative integers, got {raw_labels.dtype}"
+        )
+    return _split(features, raw_labels.astype(np.int64), test_fraction, seed)

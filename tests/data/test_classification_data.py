@@ -1,0 +1,51 @@
+"""Tests for the classification dataset loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from farsync.data import load_digits_split, load_npz
+
+
+def test_digits_split_sizes_range_and_stratification() -> None:
+    # Prepare / Execute
+    data = load_digits_split(test_fraction=0.25, seed=0)
+    # Assert
+    assert data.x_train.shape[0] + data.x_test.shape[0] == 1797
+    assert data.x_test.shape[0] == 450
+    assert data.x_train.shape[1] == data.num_features == 64 and data.num_classes == 10
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0
+    class_counts = torch.bincount(torch.cat([data.y_train, data.y_test]), minlength=10)
+    test_counts = torch.bincount(data.y_test, minlength=10)
+    assert torch.all((test_counts - class_counts * 0.25).abs() <= 1)
+
+
+def test_npz_round_trip(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "data.npz"
+    np.savez(path, x=np.ones((40, 2, 3)), y=np.repeat(np.arange(4), 10))
+    # Execute
+    data = load_npz(path, test_fraction=0.5, seed=1)
+    # Assert
+    assert data.x_train.shape == (20, 2, 3) and data.num_features == 6 and data.num_classes == 4
+    assert torch.equal(torch.bincount(data.y_test), torch.full((4,), 5))
+
+
+def test_npz_errors_name_the_problem(tmp_path: Path) -> None:
+    # Prepare
+    no_y = tmp_path / "no_y.npz"
+    np.savez(no_y, x=np.zeros((4, 2)))
+    mismatched = tmp_path / "mismatched.npz"
+    np.savez(mismatched, x=np.zeros((4, 2)), y=np.zeros(3, dtype=np.int64))
+    # Execute / Assert
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        load_npz(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match=r"lacks array\(s\) \['y'\]"):
+        load_npz(no_y)
+    with pytest.raises(ValueError, match="4 rows"):
+        load_npz(mismatched)
