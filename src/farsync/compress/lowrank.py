@@ -23,11 +23,13 @@ Because both products are linear in ``M_i``, the means of ``P_i`` and ``Q_i`` ar
 holding ``mean_i(M_i)`` would compute, and every worker ends with the same ``P``, ``Q`` and ``M_hat``.
 
 Wire format of :class:`LowRank`: for ``ndim >= 2``, ``p`` float32[rows, r] and ``q`` float32[cols, r]
-(``4 r (rows + cols)`` bytes); for ``ndim < 2``, ``values`` float32 of the original shape.
+(``4 r (rows + cols)`` bytes); for ``ndim < 2`` (or an empty tensor), ``values`` float32 of the original
+shape.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from typing import Any
 
@@ -42,7 +44,7 @@ def matrix_view(tensor: torch.Tensor) -> torch.Tensor:
     """The float32 matrix ``(shape[0], prod(shape[1:]))`` of a tensor with ``ndim >= 2``."""
     if tensor.ndim < 2:
         raise ValueError(f"tensor must have ndim >= 2, got shape {tuple(tensor.shape)}")
-    return tensor.detach().reshape(tensor.shape[0], -1).to(torch.float32)
+    return tensor.detach().reshape(tensor.shape[0], math.prod(tensor.shape[1:])).to(torch.float32)
 
 
 def effective_rank(rows: int, cols: int, rank: int) -> int:
@@ -98,7 +100,7 @@ class LowRank(Compressor):
         self._q[name] = q.detach().clone()
 
     def encode(self, name: str, tensor: torch.Tensor) -> Encoded:
-        if tensor.ndim < 2:
+        if tensor.ndim < 2 or tensor.numel() == 0:
             values = tensor.detach().to(torch.float32, copy=True)
             return Encoded(payload={"values": values}, shape=tensor.shape, dtype=tensor.dtype)
         matrix = matrix_view(tensor)

@@ -31,7 +31,7 @@ class TopK(Compressor):
     name = "topk"
 
     def __init__(self, fraction: float) -> None:
-        if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
+        if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction={fraction} must be in (0, 1]")
         self.fraction = fraction
 
