@@ -216,7 +216,7 @@ class AlgorithmConfig:
         _check(self.num_fragments >= 1, "algorithm.num_fragments", self.num_fragments, "must be >= 1")
         _check(self.streaming_tau >= 0, "algorithm.streaming_tau", self.streaming_tau, "must be >= 0")
         _check(
-            self.streaming_tau < self.num_inner_steps,
+            self.name != "streaming" or self.streaming_tau < self.num_inner_steps,
             "algorithm.streaming_tau",
             self.streaming_tau,
             f"must be < algorithm.num_inner_steps ({self.num_inner_steps})",
@@ -474,7 +474,7 @@ class CheckpointConfig:
 
     def validate(self) -> None:
         _check(self.every_rounds >= 0, "checkpoint.every_rounds", self.every_rounds, "must be >= 0 (0 disables)")
-        _check(self.keep >= 1, "checkpoint.keep", self.keep, "must be >= 1")
+        _check(self.keep >= 2, "checkpoint.keep", self.keep, "must be >= 2 (the newest may still be written by other workers)")
 
 
 @dataclass(kw_only=True)

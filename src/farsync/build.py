@@ -1,0 +1,88 @@
+"""Wiring: turn config sections into a reducer, an algorithm and a link model.
+
+Each later capability registers here in one place: a reducer kind (compressed, robust, private) or an
+algorithm name. Builders receive only the config sections they need.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from farsync.algorithms.base import Algorithm
+from farsync.algorithms.registry import algorithm_class
+from farsync.comm.communicator import Communicator
+from farsync.comm.cost import LinkModel
+from farsync.comm.reducer import MeanReducer, Reducer
+from farsync.config import NetworkConfig, RunConfig, parse_bandwidth, parse_duration
+
+__all__ = ["build_algorithm", "build_reducer", "link_for_group"]
+
+
+def link_for_group(network: NetworkConfig, members: list[int]) -> LinkModel | None:
+    """The link a group of ``members`` runs at: the slowest member's rate and the largest latency.
+
+    ``None`` when emulation is off (the real link is what it is).
+    """
+    if network.emulation == "off":
+        return None
+    rates = [parse_bandwidth(network.worker_bandwidth.get(str(m), network.bandwidth)) for m in members]
+    latencies = [parse_duration(network.worker_latency.get(str(m), network.latency)) for m in members]
+    return LinkModel(bandwidth_bps=min(rates), latency_s=max(latencies))
+
+
+def build_reducer(config: RunConfig, comm: Communicator) -> Reducer:
+    """The reducer for the outer synchronisation: fp32 mean unless configured otherwise.
+
+    Layers, innermost first, each a wrapper or replacement with the signature
+    ``build(config, comm, inner) -> Reducer``:
+
+    1. compression (``compression.kind``): quantized ring, low-rank or compressed all-gather;
+    2. robust aggregation (``aggregation.rule`` / ``aggregation.max_norm``): butterfly shard exchange;
+    3. privacy (``privacy.mode``): clipping and Gaussian noise;
+    4. attack simulation (``byzantine.workers``): what a Byzantine worker sends instead.
+    """
+    reducer: Reducer = MeanReducer(comm)
+    if config.compression.kind != "none" or config.compression.adaptive:
+        from farsync.comm.compressed import build_compressed_reducer
+
+        reducer = build_compressed_reducer(config, comm, reducer)
+    if config.aggregation.rule != "mean" or config.aggregation.max_norm > 0:
+        from farsync.comm.robust import build_robust_reducer
+
+        reducer = build_robust_reducer(config, comm, reducer)
+    if config.privacy.mode != "off":
+        from farsync.privacy.reducer import build_private_reducer
+
+        reducer = build_private_reducer(config, comm, reducer)
+    if config.byzantine.workers:
+        from farsync.byzantine.reducer import build_attacking_reducer
+
+        reducer = build_attacking_reducer(config, comm, reducer)
+    return reducer
+
+
+def build_algorithm(
+    config: RunConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    comm: Communicator,
+    reducer: Reducer,
+    task: Any = None,
+) -> Algorithm:
+    """The configured algorithm, attached to nothing yet (the worker enters it as a context manager)."""
+    cls = algorithm_class(config.algorithm.name)
+    parameters = inspect.signature(cls.__init__).parameters
+    kwargs: dict[str, Any] = {"reducer": reducer}
+    if "config" in parameters:
+        kwargs["config"] = config.algorithm
+    if "round_length" in parameters:
+        kwargs["round_length"] = config.algorithm.num_inner_steps
+    if "num_samples" in parameters and task is not None:
+        kwargs["num_samples"] = task.num_samples
+    if "run_config" in parameters:
+        kwargs["run_config"] = config
+    return cls(model, optimizer, comm, **kwargs)

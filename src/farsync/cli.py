@@ -1,0 +1,140 @@
+"""``farsync train | bench | report | coordinator | worker``: parses arguments and delegates.
+
+Configuration errors stop here, before anything starts or is written: one line naming the key, the value
+given and what is allowed, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from farsync.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from farsync.launch.local import launch
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError("--resume", args.resume, "expected a run directory containing config.toml")
+        config = load_config(run_dir / "config.toml", args.overrides)
+        out_dir = run_dir
+    else:
+        config = load_config(args.config, args.overrides)
+        out_dir = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm.name}"
+    if args.elastic:
+        from farsync.elastic.launch import launch_elastic
+
+        summary = launch_elastic(config, out_dir, progress=not args.no_progress)
+    else:
+        summary = launch(config, out_dir, resume=bool(args.resume), progress=not args.no_progress)
+    line = (
+        f"{summary['algorithm']}: eval loss {summary['final_eval_loss']:.4f}, "
+        f"{summary['bytes_sent_per_worker'] / 1e6:.2f} MB sent per worker "
+        f"({summary['bytes_reduction_vs_ddp'] or 0:.0f}x less than DDP), wall {summary['wall_s']:.1f}s, "
+        f"compute utilisation {summary['compute_utilization']:.1%}"
+    )
+    print(line)
+    print(f"outputs in {out_dir}/ (summary.json, metrics.jsonl, report.png)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from farsync.bench import run_benchmark
+
+    run_benchmark(args.name, Path(args.out), quick=args.quick)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from farsync.report.compare import compare_runs
+
+    dirs = [Path(d) for d in args.dirs]
+    plot = Path(args.plot) if args.plot else dirs[0].parent / "comparison.png"
+    print(compare_runs(dirs, plot))
+    print(f"comparison plot: {plot}")
+    return 0
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from farsync.elastic.coordinator import serve
+
+    return serve(port=args.port, min_workers=args.min_workers, token_file=args.token_file, host=args.host)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from farsync.elastic.worker import join
+
+    config = load_config(args.config, args.overrides)
+    return join(config, args.coordinator, token_file=args.token_file, out_dir=Path(args.out) if args.out else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farsync", description="Low-communication training across far-apart machines.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train with local worker processes (default: DiLoCo, 4 workers)")
+    train.add_argument("config", nargs="?", help="TOML config file (optional)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--out", help="run directory (default runs/<time>-<algorithm>)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest good checkpoint")
+    train.add_argument("--elastic", action="store_true", help="start a coordinator and elastic workers locally")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+    bench = commands.add_parser("bench", help="run a named benchmark (core, dilocox, byzantine, federated, chaos)")
+    bench.add_argument("name")
+    bench.add_argument("--out", default="benchmarks/results")
+    bench.add_argument("--quick", action="store_true", help="a much smaller version, to check it runs")
+    bench.set_defaults(handler=_bench)
+
+    report = commands.add_parser("report", help="compare finished runs side by side")
+    report.add_argument("dirs", nargs="+")
+    report.add_argument("--plot", help="where to write the comparison plot")
+    report.set_defaults(handler=_report)
+
+    coordinator = commands.add_parser("coordinator", help="host an elastic run's membership")
+    coordinator.add_argument("--port", type=int, required=True)
+    coordinator.add_argument("--host", default="127.0.0.1")
+    coordinator.add_argument("--min-workers", type=int, default=1)
+    coordinator.add_argument("--token-file")
+    coordinator.set_defaults(handler=_coordinator)
+
+    worker = commands.add_parser("worker", help="join an elastic run")
+    worker.add_argument("config", nargs="?")
+    worker.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    worker.add_argument("--token-file")
+    worker.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    worker.add_argument("--out")
+    worker.set_defaults(handler=_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        print(f"farsync: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FileNotFoundError as error:
+        print(f"farsync: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("farsync: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""One worker's loop: data -> inner steps -> algorithm hooks -> metrics, checkpoints and a final report.
+
+The loop is an ordinary PyTorch loop; everything distributed happens in the algorithm's optimizer hooks.
+:func:`run_worker` is what the local launcher runs in each process (or thread) and what ``torchrun`` runs
+through ``python -m farsync.worker CONFIG.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from farsync.algorithms.base import Algorithm
+from farsync.build import build_algorithm, build_reducer, link_for_group
+from farsync.checkpoint import find_latest, load_worker_state, prune, save_worker_state
+from farsync.comm.clock import Clock
+from farsync.comm.communicator import Communicator
+from farsync.comm.groups import make_group, open_store
+from farsync.comm.ledger import ByteLedger
+from farsync.config import RunConfig, TrainConfig
+from farsync.task import Task, build_task
+
+__all__ = ["WorkerContext", "WorkerResult", "lr_lambda", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class WorkerContext:
+    """Where a worker sits: its rank, the run's store, where to write and where to report."""
+
+    rank: int
+    world_size: int
+    store: dist.Store
+    out_dir: Path | None
+    sink: Sink
+    resume: bool = False
+    group_prefix: str = "run"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class WorkerResult:
+    """What a worker reports at the end (it also goes to the store under ``final/<rank>``)."""
+
+    rank: int
+    num_steps: int
+    num_rounds: int
+    tokens: int
+    bytes_sent: int
+    peak_sync_bytes: int
+    wall_s: float
+    compute_s: float
+    comm_wait_s: float
+    global_params_sha256: str
+    final_eval: dict[str, float]
+    ledger: dict[str, Any]
+    num_params: int
+
+
+def lr_lambda(train: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up for ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``num_steps``."""
+
+    def factor(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        span = max(train.num_steps - train.warmup_steps, 1)
+        progress = min((step - train.warmup_steps) / span, 1.0)
+        return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class _Loop:
+    """The state of one worker's training loop (kept in one object so checkpoints capture all of it)."""
+
+    def __init__(self, config: RunConfig, ctx: WorkerContext) -> None:
+        self.config, self.ctx = config, ctx
+        self.clock = Clock(config.network.emulation)
+        self.ledger = ByteLedger(rank=ctx.rank)
+        torch.manual_seed(config.seed)
+        self.task: Task = build_task(
+            config.model,
+            config.data,
+            batch_size=config.train.batch_size,
+            num_eval_batches=config.train.num_eval_batches,
+            rank=ctx.rank,
+            num_workers=ctx.world_size,
+            seed=config.seed,
+        )
+        self.model = self.task.model.to(ctx.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.train.lr, betas=(0.9, 0.95), weight_decay=config.train.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
+        group = make_group(
+            ctx.store,
+            f"{ctx.group_prefix}/sync",
+            ctx.rank,
+            ctx.world_size,
+            device=ctx.device,
+            timeout_s=config.elastic.collective_timeout_s,
+        )
+        self.comm = Communicator(
+            group,
+            ctx.rank,
+            ctx.world_size,
+            ledger=self.ledger,
+            clock=self.clock,
+            link=link_for_group(config.network, list(range(ctx.world_size))),
+        )
+        self.algorithm: Algorithm = build_algorithm(
+            config, self.model, self.optimizer, self.comm, build_reducer(config, self.comm), self.task
+        )
+        self.step = 0
+        self.compute_s = 0.0
+        self.train_s = 0.0
+        self.round_losses: list[float] = []
+        self.last_eval: dict[str, float] = {}
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "algorithm": self.algorithm.state_dict(),
+            "batches": self.task.batches.state_dict(),
+            "rng": _rng_state(),
+            "ledger": self.ledger.to_dict(),
+            "compute_s": self.compute_s,
+            "train_s": self.train_s,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.task.batches.load_state_dict(state["batches"])
+        _set_rng_state(state["rng"])
+        self.ledger.load_dict(state["ledger"])
+        self.compute_s, self.train_s = float(state["compute_s"]), float(state["train_s"])
+
+    def maybe_resume(self) -> None:
+        if not (self.ctx.resume and self.ctx.out_dir is not None):
+            return
+        found = find_latest(self.ctx.out_dir, self.ctx.world_size)
+        if found is None:
+            logger.warning("worker %d: no usable checkpoint in %s; starting from scratch", self.ctx.rank, self.ctx.out_dir)
+            return
+        round_index, directory = found
+        self.load_state_dict(load_worker_state(directory, self.ctx.rank))
+        self.emit({"kind": "resume", "round": round_index, "step": self.step})
+
+    def maybe_checkpoint(self) -> None:
+        every = self.config.checkpoint.every_rounds
+        if not every or self.ctx.out_dir is None or self.algorithm.round % every != 0:
+            return
+        save_worker_state(self.ctx.out_dir, self.algorithm.round, self.ctx.rank, self.state_dict())
+        if self.ctx.rank == 0:
+            prune(self.ctx.out_dir, self.config.checkpoint.keep)
+
+    # -------------------------------------------------------------------------------------- the loop
+    def emit(self, record: dict[str, Any]) -> None:
+        record.setdefault("worker", self.ctx.rank)
+        self.ctx.sink(record)
+
+    def tokens(self) -> int:
+        return self.step * self.task.tokens_per_step
+
+    def inner_step(self) -> float:
+        x, y = next(self.task.batches)
+        x, y = x.to(self.ctx.device), y.to(self.ctx.device)
+        begin, blocked = self.clock.now(), self.ledger.blocked_s()
+        loss = self.task.loss(self.model, x, y)
+        loss.backward()
+        if self.config.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()  # the algorithm's hooks run inside this call
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        elapsed = self.clock.now() - begin
+        self.train_s += elapsed
+        self.compute_s += elapsed - (self.ledger.blocked_s() - blocked)
+        self.step += 1
+        return float(loss.detach())
+
+    def evaluate(self) -> dict[str, float]:
+        with self.algorithm.evaluating() as model:
+            self.last_eval = self.task.evaluate(model)
+        self.emit(
+            {
+                "kind": "eval",
+                "step": self.step,
+                "round": self.algorithm.round,
+                "tokens": self.tokens(),
+                "bytes_sent": self.ledger.bytes_sent(),
+                **self.last_eval,
+            }
+        )
+        return self.last_eval
+
+    def run(self) -> WorkerResult:
+        self.maybe_resume()
+        num_steps = self.config.train.num_steps
+        with self.algorithm:
+            while self.step < num_steps:
+                loss = self.inner_step()
+                self.round_losses.append(loss)
+                self.emit(
+                    {
+                        "kind": "step",
+                        "step": self.step,
+                        "loss": loss,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "tokens": self.tokens(),
+                        "bytes_sent": self.ledger.bytes_sent(),
+                        "wall_s": self.train_s,
+                    }
+                )
+                if self.algorithm.round_ended:
+                    self.end_round()
+                if self.step % self.config.train.eval_every == 0 and self.step < num_steps:
+                    self.evaluate()
+        # Leaving the block finished any synchronisation in flight; the model holds the final weights.
+        final = self.evaluate()
+        return self.result(final)
+
+    def end_round(self) -> None:
+        losses, self.round_losses = self.round_losses, []
+        self.emit(
+            {
+                "kind": "round",
+                "round": self.algorithm.round,
+                "step": self.step,
+                "train_loss": sum(losses) / max(len(losses), 1),
+                "tokens": self.tokens(),
+                "bytes_sent": self.ledger.bytes_sent(),
+                "comm_wait_s": self.ledger.blocked_s(),
+                "wall_s": self.train_s,
+                **self.algorithm.metrics(),
+            }
+        )
+        self.maybe_checkpoint()
+
+    def result(self, final: dict[str, float]) -> WorkerResult:
+        return WorkerResult(
+            rank=self.ctx.rank,
+            num_steps=self.step,
+            num_rounds=self.algorithm.round,
+            tokens=self.tokens(),
+            bytes_sent=self.ledger.bytes_sent(),
+            peak_sync_bytes=self.ledger.peak_sync_bytes,
+            wall_s=self.train_s,
+            compute_s=self.compute_s,
+            comm_wait_s=self.ledger.blocked_s(),
+            global_params_sha256=self.algorithm.global_sha256(),
+            final_eval=final,
+            ledger=self.ledger.to_dict(),
+            num_params=sum(p.numel() for p in self.model.parameters()),
+        )
+
+
+def run_worker(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
+    """Trains one worker to the end; publishes its result to the store under ``final/<rank>``."""
+    torch.set_num_threads(max(1, int(os.environ.get("FARSYNC_THREADS", "1"))))
+    if config.parallel.num_stages > 1:
+        from farsync.parallel.worker import run_pipelined_worker
+
+        return run_pipelined_worker(config, ctx)
+    loop = _Loop(config, ctx)
+    result = loop.run()
+    ctx.store.set(f"{ctx.group_prefix}/final/{ctx.rank}", json.dumps(vars(result)))
+    return result
+
+
+def read_results(store: dist.Store, prefix: str, world_size: int) -> list[dict[str, Any]]:
+    """Every worker's :class:`WorkerResult` as a dict, waiting until all are published."""
+    keys = [f"{prefix}/final/{rank}" for rank in range(world_size)]
+    store.wait(keys)
+    return [json.loads(store.get(key)) for key in keys]
+
+
+# ----------------------------------------------------------------------------------- torchrun entry
+def main(argv: list[str] | None = None) -> int:
+    """``torchrun --nproc-per-node N -m farsync.worker CONFIG.toml [--out DIR] [--set k=v ...]``."""
+    from farsync.config import ConfigError, load_config
+    from farsync.report.summary import write_run_outputs
+
+    parser = argparse.ArgumentParser(prog="python -m farsync.worker")
+    parser.add_argument("config", nargs="?")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", default="runs/torchrun")
+    args = parser.parse_args(argv)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    try:
+        config = load_config(args.config, [*args.overrides, f"num_workers={world_size}"])
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # torchrun's agent already hosts a TCPStore on MASTER_PORT; workers join it as clients.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = open_store(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=rank == 0 and not agent_store
+    )
+    prefix = f"torchrun/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    metrics_file = open(out_dir / f"metrics.rank{rank}.jsonl", "w")  # noqa: SIM115 - closed below
+
+    def sink(record: dict[str, Any]) -> None:
+        metrics_file.write(json.dumps(record) + "\n")
+
+    ctx = WorkerContext(rank, world_size, store, out_dir, sink, group_prefix=prefix)
+    run_worker(config, ctx)
+    metrics_file.close()
+    if rank == 0:
+        results = read_results(store, prefix, world_size)
+        records = []
+        for other in range(world_size):
+            path = out_dir / f"metrics.rank{other}.jsonl"
+            records.extend(json.loads(line) for line in path.read_text().splitlines())
+            path.unlink()
+        write_run_outputs(config, out_dir, results, records)
+    # Keep rank 0's store alive until every worker has finished reading it.
+    store.add(f"{prefix}/done", 1)
+    if rank == 0:
+        while int(store.add(f"{prefix}/done", 0)) < world_size:
+            import time
+
+            time.sleep(0.05)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
