@@ -7,6 +7,7 @@ loop itself (:mod:`farsync.worker`) never looks at what kind of model or data it
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +33,13 @@ from farsync.data import (
 )
 from farsync.models import CNN, GPT, MLP, GPTConfig
 
-__all__ = ["Task", "build_task", "check_batch_fits"]
+__all__ = ["MODEL_INIT_LOCK", "Task", "build_task", "check_batch_fits"]
 
 Batches = TokenBatches | ArrayBatches
+
+MODEL_INIT_LOCK = threading.Lock()
+"""Held while seeding torch's global RNG and initialising a model: workers run as threads share that RNG,
+and without the lock one thread's init draws interleave with another's, so replicas start apart."""
 
 
 @dataclass
@@ -140,8 +145,10 @@ def build_task(
         batches, evaluation, tokens_per_step, num_samples = _text_task(
             model_cfg, data, batch_size, num_eval_batches, rank, num_workers, seed
         )
-        torch.manual_seed(seed)
-        return Task(build_model(model_cfg), batches, "text", evaluation, tokens_per_step, num_samples)
+        with MODEL_INIT_LOCK:
+            torch.manual_seed(seed)
+            model = build_model(model_cfg)
+        return Task(model, batches, "text", evaluation, tokens_per_step, num_samples)
     dataset = load_digits_split(seed=seed) if data.kind == "digits" else load_npz(data.path, seed=seed)
     parts = partition_labels(dataset.y_train.numpy(), num_workers, data, seed)
     check_batch_fits(data, batch_size, num_workers, [len(p) for p in parts])
@@ -153,8 +160,9 @@ def build_task(
     else:
         test_x = dataset.x_test
     batches = ArrayBatches(x, y, batch_size, seed=seed * 7919 + rank)
-    torch.manual_seed(seed)
-    model = build_model(model_cfg, dataset.num_features, dataset.num_classes)
+    with MODEL_INIT_LOCK:
+        torch.manual_seed(seed)
+        model = build_model(model_cfg, dataset.num_features, dataset.num_classes)
     return Task(model, batches, "classification", [(test_x, dataset.y_test)], batch_size, len(index))
 
 

@@ -31,7 +31,7 @@ from farsync.comm.communicator import Communicator
 from farsync.comm.groups import make_group, open_store
 from farsync.comm.ledger import ByteLedger
 from farsync.config import RunConfig, TrainConfig
-from farsync.task import Task, build_task
+from farsync.task import MODEL_INIT_LOCK, Task, build_task
 
 __all__ = ["WorkerContext", "WorkerResult", "lr_lambda", "run_worker"]
 
@@ -103,7 +103,8 @@ class _Loop:
         self.config, self.ctx = config, ctx
         self.clock = Clock(config.network.emulation)
         self.ledger = ByteLedger(rank=ctx.rank)
-        torch.manual_seed(config.seed)
+        with MODEL_INIT_LOCK:  # threads share the global RNG; never reseed it under another's model init
+            torch.manual_seed(config.seed)
         self.task: Task = build_task(
             config.model,
             config.data,
