@@ -33,7 +33,7 @@ from farsync.data import (
 )
 from farsync.models import CNN, GPT, MLP, GPTConfig
 
-__all__ = ["MODEL_INIT_LOCK", "Task", "build_task", "check_batch_fits"]
+__all__ = ["MODEL_INIT_LOCK", "Task", "build_task", "check_batch_fits", "check_task"]
 
 Batches = TokenBatches | ArrayBatches
 
@@ -128,6 +128,18 @@ def partition_labels(labels: np.ndarray[Any, Any], num_parts: int, data: DataCon
     if data.partition == "dirichlet":
         return dirichlet(labels, num_parts, data.alpha, seed)
     return pathological(labels, num_parts, 2, seed)
+
+
+def check_task(data: DataConfig, *, batch_size: int, num_workers: int, seed: int) -> None:
+    """Raises ConfigError before anything starts when a worker's shard cannot hold one batch.
+
+    Classification data only (cheap to load); text windows are drawn with replacement from each shard.
+    """
+    if data.kind == "text":
+        return
+    dataset = load_digits_split(seed=seed) if data.kind == "digits" else load_npz(data.path, seed=seed)
+    parts = partition_labels(dataset.y_train.numpy(), num_workers, data, seed)
+    check_batch_fits(data, batch_size, num_workers, [len(p) for p in parts])
 
 
 def build_task(

@@ -31,7 +31,7 @@ from farsync.comm.communicator import Communicator
 from farsync.comm.groups import make_group, open_store
 from farsync.comm.ledger import ByteLedger
 from farsync.config import RunConfig, TrainConfig
-from farsync.task import MODEL_INIT_LOCK, Task, build_task
+from farsync.task import MODEL_INIT_LOCK, Task, build_task, check_task
 
 __all__ = ["WorkerContext", "WorkerResult", "lr_lambda", "run_worker"]
 
@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
         config = load_config(args.config, [*args.overrides, f"num_workers={world_size}"])
+        check_task(config.data, batch_size=config.train.batch_size, num_workers=world_size, seed=config.seed)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2

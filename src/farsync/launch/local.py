@@ -23,6 +23,7 @@ from tqdm import tqdm
 from farsync.comm.groups import open_store
 from farsync.config import RunConfig, config_to_toml, load_config
 from farsync.report.summary import write_run_outputs
+from farsync.task import check_task
 from farsync.worker import WorkerContext, read_results, run_worker
 
 __all__ = ["launch", "run_threads"]
@@ -78,6 +79,8 @@ class _Progress:
 def launch(config: RunConfig, out_dir: Path, *, resume: bool = False, progress: bool = True,
            mode: Literal["processes", "threads"] = "processes") -> dict[str, Any]:
     """Runs ``config.num_workers`` workers to the end; writes the run directory; returns the summary."""
+    # A batch larger than a worker's shard is a config error: raise it before anything is written.
+    check_task(config.data, batch_size=config.train.batch_size, num_workers=config.num_workers, seed=config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.toml").write_text(config_to_toml(config))
     n = config.num_workers
@@ -161,7 +164,7 @@ def _run_processes(config: RunConfig, n: int, port: int, out_dir: Path, prefix: 
             if failed:
                 for process in processes:
                     process.kill()
-                raise RuntimeError(f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}")
+                raise RuntimeError(f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}") from None
             continue
         collected.append(record)
         on_record(record)
