@@ -54,6 +54,7 @@ class _Progress:
         self.bar = tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
         self.begin = time.perf_counter()
         self.round = 0
+        self.enabled = enabled
 
     def update(self, record: dict[str, Any]) -> None:
         if record.get("worker") != 0:
@@ -68,7 +69,7 @@ class _Progress:
                 sent=f"{record['bytes_sent'] / 1e6:.1f}MB", refresh=False,
             )
             self.bar.refresh()
-        elif record["kind"] == "eval":
+        elif record["kind"] == "eval" and self.enabled:  # tqdm.write prints even when the bar is disabled
             self.bar.write(f"step {record['step']:>5}  eval loss {record['eval_loss']:.4f}"
                            + (f"  acc {record['eval_accuracy']:.3f}" if "eval_accuracy" in record else ""))
 
