@@ -53,6 +53,10 @@ def build_summary(config: RunConfig, results: list[dict[str, Any]]) -> dict[str,
     for key in ("extra",):
         if key in first:
             summary[key] = first[key]
+    if "stage" in first:  # pipelined run: per-stage bytes and memory (farsync.parallel)
+        from farsync.parallel.report import pipeline_summary
+
+        summary.update(pipeline_summary(results))
     return summary
 
 
