@@ -542,6 +542,12 @@ class RunConfig:
                 stages,
                 f"must be <= model.num_layers ({self.model.num_layers})",
             )
+            _check(
+                self.model.kind == "gpt",
+                "parallel.num_stages",
+                stages,
+                f"pipeline stages split a GPT's blocks; model.kind = {self.model.kind!r} allows only 1",
+            )
         _check(
             self.train.batch_size % self.parallel.num_microbatches == 0,
             "parallel.num_microbatches",
