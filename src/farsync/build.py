@@ -74,7 +74,7 @@ def build_algorithm(
     task: Any = None,
 ) -> Algorithm:
     """The configured algorithm, attached to nothing yet (the worker enters it as a context manager)."""
-    cls = algorithm_class(config.algorithm.name)
+    cls = algorithm_class(config.algorithm.name, delay=config.algorithm.delay)
     parameters = inspect.signature(cls.__init__).parameters
     kwargs: dict[str, Any] = {"reducer": reducer}
     if "config" in parameters:
@@ -85,4 +85,6 @@ def build_algorithm(
         kwargs["num_samples"] = task.num_samples
     if "run_config" in parameters:
         kwargs["run_config"] = config
+    if "task" in parameters:
+        kwargs["task"] = task
     return cls(model, optimizer, comm, **kwargs)

@@ -318,6 +318,8 @@ class AggregationConfig:
     """CenteredClip: clipping radius."""
     num_iters: int = 20
     """CenteredClip: maximum iterations."""
+    adaptive_tau: bool = True
+    """CenteredClip: tau is a multiple of the median distance of the shard updates to their median."""
     max_norm: float = 0.0
     """Reject updates whose L2 norm exceeds this (0 disables)."""
     max_strikes: int = 3
@@ -402,6 +404,8 @@ class FederatedConfig:
     """E: local epochs per round (0 = use algorithm.num_inner_steps steps instead)."""
     batch_size: int = 10
     """B: local batch size (0 = the client's whole data, FedSGD)."""
+    num_rounds: int = 100
+    """Communication rounds when num_clients > 0 (the federated driver's loop length)."""
 
     def validate(self) -> None:
         _check(self.num_clients >= 0, "federated.num_clients", self.num_clients, "must be >= 0")
@@ -410,6 +414,7 @@ class FederatedConfig:
         )
         _check(self.local_epochs >= 0, "federated.local_epochs", self.local_epochs, "must be >= 0")
         _check(self.batch_size >= 0, "federated.batch_size", self.batch_size, "must be >= 0 (0 = full batch)")
+        _check(self.num_rounds >= 1, "federated.num_rounds", self.num_rounds, "must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -426,6 +431,8 @@ class GossipConfig:
     """Communicate more often late in training (halves the interval in the last half)."""
     final_merge: bool = True
     """One global average at the end."""
+    variance_correction: bool = False
+    """Rescale mixed weight matrices to the inputs' mean variance (Tian et al. 2024, arXiv 2404.04616)."""
 
     def validate(self, num_workers: int) -> None:
         _check(self.comm_every >= 1, "gossip.comm_every", self.comm_every, "must be >= 1")

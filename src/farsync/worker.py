@@ -71,6 +71,8 @@ class WorkerResult:
     final_eval: dict[str, float]
     ledger: dict[str, Any]
     num_params: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Algorithm-specific end-of-run figures (``final_metrics()`` where an algorithm has it); summary["extra"]."""
 
 
 def lr_lambda(train: TrainConfig) -> Callable[[int], float]:
@@ -113,6 +115,7 @@ class _Loop:
             rank=ctx.rank,
             num_workers=ctx.world_size,
             seed=config.seed,
+            flip_labels=ctx.rank in config.byzantine.workers and config.byzantine.attack == "label_flip",
         )
         self.model = self.task.model.to(ctx.device)
         self.optimizer = torch.optim.AdamW(
@@ -287,6 +290,7 @@ class _Loop:
             final_eval=final,
             ledger=self.ledger.to_dict(),
             num_params=sum(p.numel() for p in self.model.parameters()),
+            extra=getattr(self.algorithm, "final_metrics", dict)(),
         )
 
 
@@ -297,6 +301,10 @@ def run_worker(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
         from farsync.parallel.worker import run_pipelined_worker
 
         return run_pipelined_worker(config, ctx)
+    if config.algorithm.name == "fedavg" and config.federated.num_clients > 0:
+        from farsync.federated.driver import run_federated_worker
+
+        return run_federated_worker(config, ctx)
     loop = _Loop(config, ctx)
     result = loop.run()
     ctx.store.set(f"{ctx.group_prefix}/final/{ctx.rank}", json.dumps(vars(result)))
