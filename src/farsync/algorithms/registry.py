@@ -18,10 +18,14 @@ ALGORITHMS: dict[str, str] = {
     "gossip": "farsync.algorithms.gossip:Gossip",
 }
 
+# algorithm.delay = 1: the one-step-delay overlapped class of an algorithm that has one.
+OVERLAPPED: dict[str, str] = {"diloco": "farsync.algorithms.overlap:OverlappedDiLoCo"}
 
-def algorithm_class(name: str) -> type[Algorithm]:
+
+def algorithm_class(name: str, delay: int = 0) -> type[Algorithm]:
     if name not in ALGORITHMS:
         raise ValueError(f"algorithm.name = {name!r}: allowed: {', '.join(ALGORITHMS)}")
-    module_name, class_name = ALGORITHMS[name].split(":")
+    target = OVERLAPPED.get(name, ALGORITHMS[name]) if delay else ALGORITHMS[name]
+    module_name, class_name = target.split(":")
     cls: Any = getattr(importlib.import_module(module_name), class_name)
     return cls  # type: ignore[no-any-return]
