@@ -20,8 +20,6 @@ EXIT_CONFIG = 2
 
 
 def _train(args: argparse.Namespace) -> int:
-    from farsync.launch.local import launch
-
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
@@ -31,6 +29,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, args.overrides)
         out_dir = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm.name}"
+    # Imported only once the config is valid: torch and the data stack take seconds to import.
+    from farsync.launch.local import launch
+
     if args.elastic:
         from farsync.elastic.launch import launch_elastic
 
