@@ -1,0 +1,164 @@
+"""DiLoCoX's adaptive compression: each round, the low-rank rank and factor width that fit the link.
+
+Qi et al. 2025, "DiLoCoX: A Low-Communication Large-Scale Training Framework for Decentralized Cluster"
+(arXiv 2506.21263) compress the pseudo-gradient with low-rank factors plus quantization and adapt the
+compression as training goes, so that a round's communication hides behind the next round's compute.
+Every round :class:`AdaptiveLowRankReducer`:
+
+1. takes the error-corrected pseudo-gradient and finds, per worker, the smallest rank whose singular values
+   hold ``compression.energy_fraction`` of every matrix's energy (:func:`farsync.compress.energy_rank`,
+   the maximum over matrices, capped at ``compression.rank``);
+2. converts its time budget into a byte budget on the link (below) and agrees with the other workers on
+   the **largest** rank and the **smallest** budget (one tiny all-gather of two numbers), so that every
+   worker runs the same collective;
+3. picks the widest factor width among 16, 8, 4 (no wider than ``compression.bits``) whose exact message
+   size (:meth:`AdaptiveLowRankReducer.message_bytes`) fits the budget; if none fits it halves the rank at
+   the narrowest width until it fits or the rank is 1 (then it sends anyway and logs a warning), the same
+   search as :func:`farsync.compress.plan_compression`, but on this reducer's exact wire format;
+4. runs the low-rank all-reduce (:mod:`farsync.comm.lowrank_allreduce`) at that rank and width.
+
+Time budget to bytes: ``time_budget_s`` is settable; the algorithm sets it before each sync to H times the
+measured inner-step time (the window the all-reduce may overlap). A message of ``S`` bytes takes about
+``2 (n-1) / n * S / rate`` on the ring plus latencies, so the budget is
+``(time_budget_s - latencies) * rate * n / (2 (n-1))``. ``rate`` is ``comm.link.bytes_per_s`` when the link
+is emulated, else the previous round's measured bytes sent per second of reduce time. With no budget set or
+no rate yet, the budget is the message size at ``compression.rank`` and ``compression.bits``, so only the
+energy criterion lowers the rank.
+
+Metrics per round: ``compression_rank``, ``compression_bits``, ``compressed_bytes`` (message),
+``compression_budget_bytes`` and ``compression_bytes_sent`` (wire bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from farsync.comm.communicator import Communicator
+from farsync.comm.compressed import LowRankReducer, left_out_if_not_finite
+from farsync.comm.lowrank_allreduce import factor_codec
+from farsync.comm.reducer import Reducer
+from farsync.compress.adaptive import energy_rank
+from farsync.compress.lowrank import effective_rank
+from farsync.config import CompressionConfig
+
+__all__ = ["AdaptiveLowRankReducer"]
+
+logger = logging.getLogger(__name__)
+
+_WIDTHS = (16, 8, 4)
+
+
+class AdaptiveLowRankReducer(LowRankReducer):
+    """Low-rank all-reduce whose rank and factor width are re-planned every round (module docstring).
+
+    Attributes:
+        time_budget_s: seconds one reduce may take on the link; ``None`` uses the configured rank and bits
+            as the budget. Set it before each call (every worker may set its own; the smallest wins).
+    """
+
+    def __init__(
+        self, comm: Communicator, compression: CompressionConfig, *, inner: Reducer | None = None
+    ) -> None:
+        super().__init__(
+            comm,
+            rank=compression.rank,
+            bits=compression.bits,
+            block_size=compression.block_size,
+            inner=inner,
+            error_feedback=compression.error_feedback,
+        )
+        self.compression = compression
+        self.widths = tuple(bits for bits in _WIDTHS if bits <= compression.bits)
+        self.time_budget_s: float | None = None
+        self.measured_bytes_per_s: float | None = None
+
+    # ------------------------------------------------------------------------------------------ sizes
+    def message_bytes(self, shapes: list[torch.Size], rank: int, bits: int) -> int:
+        """Exact bytes of one worker's message for tensors of ``shapes`` at ``rank`` and ``bits``."""
+        codec = factor_codec(bits, self.compression.block_size)
+        p_numel = q_numel = 0
+        dense = 1  # the weight
+        for shape in shapes:
+            numel = math.prod(shape)
+            if len(shape) < 2 or numel == 0:
+                dense += numel
+                continue
+            rows, cols = shape[0], numel // shape[0]
+            r = effective_rank(rows, cols, rank)
+            p_numel, q_numel = p_numel + rows * r, q_numel + cols * r
+        return codec.num_bytes(p_numel) + codec.num_bytes(q_numel) + 4 * dense
+
+    def bytes_budget(self, shapes: list[torch.Size]) -> float:
+        """This worker's byte budget for one message (see the module docstring)."""
+        configured = float(self.message_bytes(shapes, self.compression.rank, max(self.widths)))
+        link = self.comm.link
+        rate = link.bytes_per_s if link is not None else self.measured_bytes_per_s
+        n = self.comm.world_size
+        if self.time_budget_s is None or rate is None or n == 1:
+            return configured
+        latency = link.latency_s if link is not None else 0.0
+        # Two rings of 2(n-1) steps, a 2(n-1)-step fp32 all-reduce and the (n-1)-step agreement all-gather.
+        latencies = (3 * 2 * (n - 1) + (n - 1)) * latency
+        return max(0.0, self.time_budget_s - latencies) * rate * n / (2 * (n - 1))
+
+    # ------------------------------------------------------------------------------------------ plan
+    def plan(self, corrected: dict[str, torch.Tensor]) -> tuple[int, int, float]:
+        """``(rank, bits, agreed byte budget)`` for this round; the same on every worker."""
+        matrices = [t for t in corrected.values() if t.ndim >= 2 and t.numel() > 0]
+        energy = self.compression.energy_fraction
+        local_rank = max((energy_rank(m, energy, self.compression.rank) for m in matrices), default=1)
+        shapes = [t.shape for t in corrected.values()]
+        rank, budget = self._agree(local_rank, self.bytes_budget(shapes))
+        for bits in self.widths:
+            if self.message_bytes(shapes, rank, bits) <= budget:
+                return rank, bits, budget
+        bits = self.widths[-1]
+        while rank > 1 and self.message_bytes(shapes, rank, bits) > budget:
+            rank = max(1, rank // 2)
+        if self.message_bytes(shapes, rank, bits) > budget:
+            logger.warning(
+                "worker %d: no rank/bits fits the budget of %.0f bytes; sending %d bytes at rank 1, %d bits",
+                self.comm.rank,
+                budget,
+                self.message_bytes(shapes, rank, bits),
+                bits,
+            )
+        return rank, bits, budget
+
+    def _agree(self, local_rank: int, budget: float) -> tuple[int, float]:
+        """Largest rank and smallest budget over the group (fp64, so byte budgets stay exact)."""
+        if self.comm.world_size == 1:
+            return local_rank, budget
+        mine = torch.tensor([float(local_rank), budget], dtype=torch.float64)
+        everyone = torch.stack(self.comm.all_gather(mine).wait())
+        return int(everyone[:, 0].max()), float(everyone[:, 1].min())
+
+    # ------------------------------------------------------------------------------------------ reduce
+    def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        self._begin()
+        started = self.comm.clock.now()
+        named, weight = left_out_if_not_finite(named, weight, self.comm.rank)
+        residuals = self.engine.residuals
+        corrected = residuals.corrected(named) if residuals is not None else named
+        rank, bits, budget = self.plan(corrected)
+        out = self.engine.reduce(named, weight, rank=rank, bits=bits)
+        elapsed = self.comm.clock.now() - started
+        sent = self.comm.ledger.bytes_sent(self.comm.channel) - self._sent_before
+        if elapsed > 0 and sent > 0:
+            self.measured_bytes_per_s = sent / elapsed
+        self._record(compression_budget_bytes=budget)
+        return out
+
+    def state_dict(self) -> dict[str, object]:
+        state = super().state_dict()
+        state["measured_bytes_per_s"] = self.measured_bytes_per_s
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        measured = state.get("measured_bytes_per_s")
+        self.measured_bytes_per_s = float(measured) if measured is not None else None

@@ -1,0 +1,318 @@
+"""Compressed reducers: the weighted mean of the workers' updates with fewer bytes on the wire.
+
+:func:`build_compressed_reducer` is what :func:`farsync.build.build_reducer` calls when
+``compression.kind != "none"`` or ``compression.adaptive``. It replaces the fp32
+:class:`~farsync.comm.reducer.MeanReducer` (kept as ``inner`` so layer-walking helpers can see it):
+
+===================  ==========================================================  =============================
+``compression.kind`` reducer                                                     bytes a worker sends
+===================  ==========================================================  =============================
+int8, int4           :class:`RingReducer`: quantized ring all-reduce, fp32 sums  ``~2(n-1)/n x`` encoded size
+fp16, bf16           :class:`RingReducer` with the block-scaled fp16 / bf16 codec ``~2(n-1)/n x`` encoded size
+uint8_lookup, topk   :class:`GatherReducer`: all-gather of encoded payloads      ``(n-1) x`` payload
+lowrank              :class:`LowRankReducer`: PowerSGD P/Q all-reduce, factors   ``~2(n-1)/n x`` P, Q, 1-D
+                     at ``compression.bits`` (16: fp16, 8/4: blockwise)
+adaptive = true      :class:`~farsync.comm.adaptive_lowrank.AdaptiveLowRankReducer` (DiLoCoX)
+===================  ==========================================================  =============================
+
+Weights: every reducer returns ``sum_i w_i u_i / sum_i w_i``; a worker with weight 0 is left out (it sends
+zeros that count for nothing). In the ring the weights travel in one extra quantization block holding
+``w_i`` alone (its code is exact up to rounding), or in a 4-byte fp32 all-reduce for codecs without blocks.
+A worker whose update holds NaN or Inf is left out the same way, with a warning naming it.
+
+fp16 sums can overflow (65504): the fp16 ring codec scales every block by its absmax, and the ring adds in
+fp32, so no partial sum is ever cast to fp16 unscaled (see :mod:`farsync.comm.ring_codecs`).
+
+Error feedback (``compression.error_feedback``): each worker keeps a residual per parameter name
+(:class:`~farsync.comm.residuals.Residuals`, in ``state_dict``). Ring reducers first round-trip the
+corrected update through the wire codec, so the residual is exactly what this worker's own encoding lost (the
+ring then re-encodes those values without further loss on the first hop; later hops re-encode partial sums,
+whose error is shared and not fed back). Gather reducers keep ``corrected - decode(encode(corrected))``.
+Low-rank reducers keep the projection residual (:mod:`farsync.comm.lowrank_allreduce`).
+
+All reducers leave every worker with bitwise-identical results, and report ``metrics()`` for
+``metrics.jsonl``: ``compression_bits``, ``compression_rank`` (low-rank), ``compressed_bytes`` (this
+worker's encoded message) and ``compression_bytes_sent`` (its wire bytes in the last reduce).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import torch
+
+from farsync.comm.communicator import Communicator
+from farsync.comm.lowrank_allreduce import LowRankAllReduce
+from farsync.comm.quantized_ring import quantized_ring_all_reduce
+from farsync.comm.reducer import Reducer, flatten, unflatten
+from farsync.comm.residuals import Residuals
+from farsync.comm.ring_codecs import WireCodec, as_bytes, from_bytes, make_codec
+from farsync.compress.base import Compressor, Encoded, Identity
+from farsync.compress.intellect import Uint8Lookup
+from farsync.compress.topk import TopK
+from farsync.config import ConfigError, RunConfig
+
+__all__ = [
+    "GatherReducer",
+    "LowRankReducer",
+    "RingReducer",
+    "build_compressed_reducer",
+    "left_out_if_not_finite",
+]
+
+logger = logging.getLogger(__name__)
+
+_RING_KINDS = ("int8", "int4", "fp16", "bf16")
+_GATHER_KINDS = ("uint8_lookup", "topk")
+_CODEC_BITS = {"int8": 8, "int4": 4, "fp16": 16, "bf16": 16, "fp32": 32}
+
+
+def left_out_if_not_finite(
+    named: dict[str, torch.Tensor], weight: float, rank: int
+) -> tuple[dict[str, torch.Tensor], float]:
+    """``(named, weight)``, or zeros with weight 0 and a warning naming ``rank`` if any value is NaN/Inf."""
+    bad = [name for name, t in named.items() if not bool(torch.isfinite(t).all())]
+    if not bad and math.isfinite(weight):
+        return named, weight
+    logger.warning("worker %d: update has NaN/Inf in %s; left out of this reduce", rank, ", ".join(bad[:3]))
+    return {name: torch.zeros_like(t, dtype=torch.float32) for name, t in named.items()}, 0.0
+
+
+class _CompressedReducer(Reducer):
+    """Shared bookkeeping: the replaced inner reducer, the residuals and the metrics of the last reduce."""
+
+    def __init__(self, comm: Communicator, inner: Reducer | None, error_feedback: bool) -> None:
+        super().__init__(comm)
+        self.inner = inner
+        self.residuals: Residuals | None = Residuals() if error_feedback else None
+        self._metrics: dict[str, Any] = {}
+        self._sent_before = 0
+
+    def _begin(self) -> None:
+        self._sent_before = self.comm.ledger.bytes_sent(self.comm.channel)
+
+    def _end(self, **values: Any) -> None:
+        sent = self.comm.ledger.bytes_sent(self.comm.channel) - self._sent_before
+        self._metrics = {**values, "compression_bytes_sent": sent}
+
+    def _corrected(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.residuals is None:
+            return {name: t.detach().to(torch.float32) for name, t in named.items()}
+        return self.residuals.corrected(named)
+
+    def metrics(self) -> dict[str, Any]:
+        """What the last reduce chose and sent (empty before the first)."""
+        return dict(self._metrics)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"residuals": self.residuals.state_dict() if self.residuals is not None else {}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        if self.residuals is not None:
+            residuals = state.get("residuals", {})
+            self.residuals.load_state_dict(residuals if isinstance(residuals, dict) else {})
+
+
+class RingReducer(_CompressedReducer):
+    """Weighted mean through :func:`~farsync.comm.quantized_ring.quantized_ring_all_reduce` with ``codec``."""
+
+    def __init__(
+        self,
+        comm: Communicator,
+        codec: WireCodec,
+        *,
+        inner: Reducer | None = None,
+        error_feedback: bool = False,
+        num_pieces: int = 4,
+    ) -> None:
+        super().__init__(comm, inner, error_feedback)
+        self.codec, self.num_pieces = codec, num_pieces
+
+    def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        self._begin()
+        named, weight = left_out_if_not_finite(named, weight, self.comm.rank)
+        corrected = self._corrected(named)
+        vector = flatten(corrected) if corrected else torch.zeros(0)
+        sent = self.codec.round_trip(vector) if self.residuals is not None else vector
+        if self.residuals is not None:
+            lost = vector - sent if weight > 0 else vector
+            for name, residual in unflatten(lost, corrected).items():
+                self.residuals.store(name, residual)
+        total, weight_sum = self._weighted_sum(sent, weight)
+        mean = total / weight_sum if weight_sum > 0 else torch.zeros_like(total)
+        self._end(
+            compression_bits=_CODEC_BITS.get(self.codec.name, 8),
+            compressed_bytes=self.codec.num_bytes(vector.numel()),
+        )
+        return {name: t.clone() for name, t in unflatten(mean, named).items()}
+
+    def _weighted_sum(self, values: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
+        block = self.codec.block_size
+        if block > 1:
+            # The weight gets a block of its own, so its code is exact and it cannot coarsen other values.
+            padded = math.ceil(values.numel() / block) * block
+            packed = values.new_zeros(padded + block)
+            packed[: values.numel()] = values * weight
+            packed[padded] = weight
+            total = self._ring(packed)
+            return total[: values.numel()], float(total[padded])
+        weight_sum = self.comm.all_reduce(values.new_tensor([weight]), op="sum").wait()
+        return self._ring(values * weight), float(weight_sum[0])
+
+    def _ring(self, vector: torch.Tensor) -> torch.Tensor:
+        return quantized_ring_all_reduce(
+            self.comm, vector, codec=self.codec, op="sum", num_pieces=self.num_pieces
+        )
+
+
+class GatherReducer(_CompressedReducer):
+    """Weighted mean by all-gathering every worker's encoded update, then decoding and averaging locally.
+
+    For compressors whose encodings cannot be summed on the way (the INTELLECT-1 lookup table, top-k
+    indices). Message: ``weight`` float32, then every payload tensor of every parameter in order, as bytes.
+    For ``uint8_lookup`` a tensor is sent as fp32 when that is smaller than codes plus table.
+    """
+
+    def __init__(
+        self,
+        comm: Communicator,
+        compressor: Compressor,
+        *,
+        inner: Reducer | None = None,
+        error_feedback: bool = False,
+    ) -> None:
+        super().__init__(comm, inner, error_feedback)
+        self.compressor = compressor
+        self._identity = Identity()
+
+    def _codec_for(self, tensor: torch.Tensor) -> Compressor:
+        if isinstance(self.compressor, Uint8Lookup) and 4 * tensor.numel() <= tensor.numel() + 4 * 256:
+            return self._identity
+        return self.compressor
+
+    def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        self._begin()
+        named, weight = left_out_if_not_finite(named, weight, self.comm.rank)
+        corrected = self._corrected(named)
+        codecs = {name: self._codec_for(t) for name, t in corrected.items()}
+        encoded = {name: codecs[name].encode(name, t) for name, t in corrected.items()}
+        if self.residuals is not None:
+            for name, value in corrected.items():
+                lost = value - codecs[name].decode(encoded[name]) if weight > 0 else value
+                self.residuals.store(name, lost)
+        parts = [as_bytes(torch.tensor([weight], dtype=torch.float32))]
+        parts += [as_bytes(tensor) for enc in encoded.values() for tensor in enc.payload.values()]
+        message = torch.cat(parts)
+        gathered = self.comm.all_gather(message).wait()
+        totals = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in corrected.items()}
+        weight_sum = 0.0
+        for peer_message in gathered:  # rank order, the same on every worker
+            peer_weight, decoded = self._decode(peer_message, encoded, codecs)
+            weight_sum += peer_weight
+            for name, value in decoded.items():
+                totals[name] += peer_weight * value
+        scale = 1.0 / weight_sum if weight_sum > 0 else 0.0
+        self._end(
+            compression_bits=8 if isinstance(self.compressor, Uint8Lookup) else 32,
+            compressed_bytes=message.numel(),
+        )
+        return {name: totals[name] * scale for name in named}
+
+    def _decode(
+        self, message: torch.Tensor, local: dict[str, Encoded], codecs: dict[str, Compressor]
+    ) -> tuple[float, dict[str, torch.Tensor]]:
+        weight = float(from_bytes(message, 0, 1, torch.float32)[0])
+        offset, decoded = 4, {}
+        for name, enc in local.items():
+            payload = {}
+            for key, like in enc.payload.items():
+                payload[key] = from_bytes(message, offset, like.numel(), like.dtype).reshape(like.shape)
+                offset += like.numel() * like.element_size()
+            decoded[name] = codecs[name].decode(dataclasses.replace(enc, payload=payload)).to(torch.float32)
+        return weight, decoded
+
+
+class LowRankReducer(_CompressedReducer):
+    """Weighted mean through :class:`~farsync.comm.lowrank_allreduce.LowRankAllReduce` at a fixed rank and bits."""
+
+    def __init__(
+        self,
+        comm: Communicator,
+        *,
+        rank: int,
+        bits: int,
+        block_size: int = 64,
+        inner: Reducer | None = None,
+        error_feedback: bool = False,
+        num_pieces: int = 4,
+    ) -> None:
+        super().__init__(comm, inner, error_feedback=False)
+        self.engine = LowRankAllReduce(
+            comm,
+            rank=rank,
+            bits=bits,
+            block_size=block_size,
+            error_feedback=error_feedback,
+            num_pieces=num_pieces,
+        )
+        self.residuals = self.engine.residuals
+
+    def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        self._begin()
+        named, weight = left_out_if_not_finite(named, weight, self.comm.rank)
+        out = self.engine.reduce(named, weight)
+        self._record()
+        return out
+
+    def _record(self, **extra: Any) -> None:
+        last = self.engine.last
+        assert last is not None
+        self._end(
+            compression_rank=last.rank,
+            compression_bits=last.bits,
+            compressed_bytes=last.message_bytes,
+            **extra,
+        )
+
+    def state_dict(self) -> dict[str, object]:
+        return {"lowrank": self.engine.state_dict()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        lowrank = state.get("lowrank", {})
+        self.engine.load_state_dict(lowrank if isinstance(lowrank, dict) else {})
+
+
+def build_compressed_reducer(config: RunConfig, comm: Communicator, inner: Reducer) -> Reducer:
+    """The reducer for ``config.compression`` (see the module docstring); ``inner`` is the fp32 reducer it replaces."""
+    compression = config.compression
+    kind, ef = compression.kind, compression.error_feedback
+    if compression.adaptive:
+        if kind not in ("lowrank", "none"):
+            raise ConfigError(
+                "compression.adaptive",
+                True,
+                f"adapts low-rank rank and bits; needs compression.kind = 'lowrank' (got {kind!r})",
+            )
+        from farsync.comm.adaptive_lowrank import AdaptiveLowRankReducer
+
+        return AdaptiveLowRankReducer(comm, compression, inner=inner)
+    if kind in _RING_KINDS:
+        codec = make_codec(kind, compression.block_size)
+        return RingReducer(comm, codec, inner=inner, error_feedback=ef)
+    if kind in _GATHER_KINDS:
+        compressor: Compressor = Uint8Lookup() if kind == "uint8_lookup" else TopK(compression.topk_fraction)
+        return GatherReducer(comm, compressor, inner=inner, error_feedback=ef)
+    if kind == "lowrank":
+        return LowRankReducer(
+            comm,
+            rank=compression.rank,
+            bits=compression.bits,
+            block_size=compression.block_size,
+            inner=inner,
+            error_feedback=ef,
+        )
+    logger.info("compression.kind = %r: nothing to compress, keeping %s", kind, type(inner).__name__)
+    return inner

@@ -1,0 +1,212 @@
+"""PowerSGD-style low-rank all-reduce: average the P and Q factors instead of the matrices.
+
+Vogels et al. 2019, "PowerSGD: Practical Low-Rank Gradient Compression for Distributed Optimization"
+(arXiv 1905.13727). Worker ``i`` holds ``M_i`` (a parameter's update viewed as a matrix by
+:func:`~farsync.compress.matrix_view`, plus its error-feedback residual) and weight ``w_i``; every worker
+holds the same warm-started ``Q``. One power iteration per round::
+
+    P   = orthogonalize( sum_i w_i M_i Q )          # ring all-reduce of the P factors
+    Q'  = sum_i w_i M_i^T P                          # ring all-reduce of the Q factors
+    M^  = P Q'^T / sum_i w_i                         # the same on every worker
+    next round starts from Q = Q' / sum_i w_i
+
+Because both products are linear in ``M_i``, this is one power iteration on the weighted mean matrix, and if
+that mean has rank ``<= r`` and Q spans enough of it, ``M^`` equals it exactly. Tensors with fewer than two
+dimensions (biases, norms) and the weights travel uncompressed in one fp32 all-reduce.
+
+On the wire: the P factors of all matrices form one vector and the Q factors another, each all-reduced by
+:func:`~farsync.comm.quantized_ring.quantized_ring_all_reduce` with the factor codec (``bits`` 32: fp32,
+16: block-scaled fp16, 8 or 4: blockwise absmax codes). Per round a worker's message is
+``codec(sum rows*r) + codec(sum cols*r) + 4 * (numel of 1-D tensors + 1)`` bytes, of which the ring sends
+about ``2 (n-1)/n``. Every worker decodes the same messages, so all workers end with bitwise-identical
+``M^`` and ``Q``.
+
+Error feedback (optional, per worker, saved in ``state_dict``): the residual is what this worker's matrix
+lost to the projection, ``M_i - P P^T M_i`` (its own share of ``P Q'^T``), as in PowerSGD. Quantization of
+the factors on the wire is not fed back.
+
+Changing the rank between rounds (the adaptive reducer does) keeps the first columns of the stored Q and
+fills new columns from :func:`~farsync.compress.initial_q`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from farsync.comm.communicator import Communicator
+from farsync.comm.quantized_ring import quantized_ring_all_reduce
+from farsync.comm.residuals import Residuals
+from farsync.comm.ring_codecs import WireCodec, make_codec
+from farsync.compress.lowrank import effective_rank, initial_q, matrix_view, orthogonalize
+
+__all__ = ["LowRankAllReduce", "LowRankRound", "factor_codec"]
+
+logger = logging.getLogger(__name__)
+
+_FACTOR_BITS = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4"}
+
+
+def factor_codec(bits: int, block_size: int = 64) -> WireCodec:
+    """The wire codec for P and Q at ``bits`` (32, 16, 8 or 4)."""
+    if bits not in _FACTOR_BITS:
+        raise ValueError(
+            f"bits={bits} is not supported for low-rank factors; allowed: {sorted(_FACTOR_BITS)}"
+        )
+    return make_codec(_FACTOR_BITS[bits], block_size)
+
+
+@dataclass(frozen=True)
+class LowRankRound:
+    """What one call of :meth:`LowRankAllReduce.reduce` sent."""
+
+    rank: int
+    """Requested rank (each matrix uses ``min(rank, rows, cols)``)."""
+    bits: int
+    """Width of P and Q on the wire."""
+    message_bytes: int
+    """Encoded size of this worker's whole message (P, Q, 1-D tensors and weight)."""
+
+
+class LowRankAllReduce:
+    """Low-rank weighted mean of named tensors across ``comm``'s group (see the module docstring).
+
+    Args:
+        comm: communicator of the group.
+        rank: default rank of the factors.
+        bits: default factor width on the wire (32, 16, 8, 4).
+        block_size: quantization block for 16, 8 and 4 bits.
+        error_feedback: keep the per-worker projection residual.
+        num_pieces: pipelining of the ring (see :mod:`farsync.comm.quantized_ring`).
+
+    Failure: a peer failure raises from the collective; the Q factors and residuals are then unchanged for
+    this round only if the failure came before the Q all-reduce (callers rebuild the group and redo it).
+    """
+
+    def __init__(
+        self,
+        comm: Communicator,
+        *,
+        rank: int,
+        bits: int = 32,
+        block_size: int = 64,
+        error_feedback: bool = True,
+        num_pieces: int = 4,
+    ) -> None:
+        if rank < 1:
+            raise ValueError(f"rank={rank} must be >= 1")
+        factor_codec(bits, block_size)
+        self.comm, self.rank, self.bits, self.block_size = comm, rank, bits, block_size
+        self.num_pieces = num_pieces
+        self.residuals: Residuals | None = Residuals() if error_feedback else None
+        self._q: dict[str, torch.Tensor] = {}
+        self.last: LowRankRound | None = None
+
+    # -------------------------------------------------------------------------------------- warm Q
+    def warm_q(self, name: str, cols: int, rank: int) -> torch.Tensor:
+        """The Q that ``name`` starts from at ``rank`` columns (stored columns first, then fresh ones)."""
+        stored = self._q.get(name)
+        if stored is None or stored.shape[0] != cols:
+            return initial_q(name, cols, rank)
+        if stored.shape[1] >= rank:
+            return stored[:, :rank]
+        fresh = initial_q(name, cols, rank)[:, stored.shape[1] :]
+        return torch.cat([stored, fresh], dim=1)
+
+    # -------------------------------------------------------------------------------------- reduce
+    def reduce(
+        self,
+        named: dict[str, torch.Tensor],
+        weight: float = 1.0,
+        *,
+        rank: int | None = None,
+        bits: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Weighted mean of every worker's ``named`` at ``rank``/``bits`` (defaults: the constructor's)."""
+        rank = self.rank if rank is None else rank
+        bits = self.bits if bits is None else bits
+        codec = factor_codec(bits, self.block_size)
+        corrected = self.residuals.corrected(named) if self.residuals is not None else _as_float(named)
+        matrices = {n: matrix_view(t) for n, t in corrected.items() if t.ndim >= 2 and t.numel() > 0}
+        dense_names = [n for n in corrected if n not in matrices]
+
+        queries = {
+            n: self.warm_q(n, m.shape[1], effective_rank(*m.shape, rank)).to(m.device)
+            for n, m in matrices.items()
+        }
+        p_local = _cat([(m @ queries[n]) * weight for n, m in matrices.items()])
+        p_sum = self._ring(p_local, codec)
+        dense_local = _cat(
+            [corrected[n].reshape(-1) * weight for n in dense_names] + [p_local.new_tensor([weight])]
+        )
+        dense_sum = self.comm.all_reduce(dense_local, op="sum").wait()
+        weight_sum = float(dense_sum[-1])
+
+        p_shapes = {n: (m.shape[0], queries[n].shape[1]) for n, m in matrices.items()}
+        bases = {n: orthogonalize(p) for n, p in _split(p_sum, p_shapes).items()}
+        q_local = _cat([(m.T @ bases[n]) * weight for n, m in matrices.items()])
+        q_sum = self._ring(q_local, codec)
+        q_factors = _split(q_sum, {n: tuple(q.shape) for n, q in queries.items()})
+
+        scale = 1.0 / weight_sum if weight_sum > 0 else 0.0
+        out: dict[str, torch.Tensor] = {}
+        for name, matrix in matrices.items():
+            q_mean = q_factors[name] * scale
+            out[name] = (bases[name] @ q_mean.T).reshape(corrected[name].shape)
+            self._q[name] = q_mean.clone()
+            if self.residuals is not None:
+                kept = bases[name] @ (bases[name].T @ matrix) if weight > 0 else torch.zeros_like(matrix)
+                self.residuals.store(name, (matrix - kept).reshape(corrected[name].shape))
+        offset = 0
+        for name in dense_names:
+            numel = corrected[name].numel()
+            out[name] = (dense_sum[offset : offset + numel] * scale).reshape(corrected[name].shape)
+            offset += numel
+            if self.residuals is not None:  # sent exactly, unless this worker was left out
+                self.residuals.store(
+                    name, corrected[name] if weight <= 0 else torch.zeros_like(corrected[name])
+                )
+        message = (
+            codec.num_bytes(p_local.numel()) + codec.num_bytes(q_local.numel()) + 4 * dense_local.numel()
+        )
+        self.last = LowRankRound(rank=rank, bits=bits, message_bytes=message)
+        return {name: out[name] for name in named}
+
+    def _ring(self, vector: torch.Tensor, codec: WireCodec) -> torch.Tensor:
+        if vector.numel() == 0:
+            return vector
+        return quantized_ring_all_reduce(self.comm, vector, codec=codec, op="sum", num_pieces=self.num_pieces)
+
+    # -------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "q": {name: q.detach().cpu().clone() for name, q in self._q.items()},
+            "residuals": self.residuals.state_dict() if self.residuals is not None else {},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._q = {name: torch.as_tensor(q).detach().clone() for name, q in state.get("q", {}).items()}
+        if self.residuals is not None:
+            self.residuals.load_state_dict(state.get("residuals", {}))
+
+
+def _as_float(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.detach().to(torch.float32) for name, t in named.items()}
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    if not parts:
+        return torch.zeros(0)
+    return torch.cat([p.reshape(-1) for p in parts])
+
+
+def _split(vector: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Cuts a concatenated factor vector back into matrices of ``shapes`` (in order)."""
+    out, offset = {}, 0
+    for name, (height, width) in shapes.items():
+        out[name] = vector[offset : offset + height * width].reshape(height, width)
+        offset += height * width
+    return out
