@@ -6,12 +6,19 @@ weighted by the number of samples each worker trained on. Written as an outer st
 with plain SGD, learning rate 1 and no momentum: theta_global - 1 * sum_i w_i (theta_global - theta_i) /
 sum_i w_i = sum_i w_i theta_i / sum_i w_i.
 
+With ``federated.num_clients > 0`` a run has many clients per worker, sampled per round; that loop lives in
+:mod:`farsync.federated.driver` (the worker dispatches to it), because it trains clients in turn instead of
+hooking one optimizer. This class is the one-client-per-worker form that hooks the user's optimizer.
+
+Privacy: with ``privacy.mode`` set, the reducer is a :class:`~farsync.privacy.reducer.PrivateReducer`
+(clipping, noise, uniform client weights) and :meth:`FedAvg.metrics` reports the epsilon spent each round.
+
 Failure: as DiLoCo (a non-finite local model is left out of the round with weight 0).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,3 +53,16 @@ class FedAvg(DiLoCo):
 
     def _make_outer_state(self) -> OuterState:
         return OuterState(self.named_params, self.config, lr=1.0, momentum=0.0)
+
+    def metrics(self) -> dict[str, Any]:
+        """``privacy_epsilon`` (at ``privacy_delta``) spent so far when the reducer is private."""
+        from farsync.privacy.reducer import find_private_reducer
+
+        private = find_private_reducer(self.reducer)
+        if private is None:
+            return {}
+        return {"privacy_epsilon": private.epsilon(), "privacy_delta": private.privacy.delta}
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The privacy spent over the whole run (empty without privacy), for the summary."""
+        return self.metrics()
