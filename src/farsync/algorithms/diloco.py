@@ -125,6 +125,14 @@ class DiLoCo(Algorithm):
         self.outer.step(averaged)
         self.load_global_into_model()
 
+    def finish(self) -> None:
+        """Synchronises a last, partial round (when num_steps is not a multiple of H), so the final global
+        weights include every inner step; every worker has done the same number of steps, so all agree."""
+        if self.steps_in_round > 0:
+            self.steps_in_round = 0
+            self.outer_round()
+            self.round += 1
+
     def load_global_into_model(self) -> None:
         with torch.no_grad():
             for name, param in self.named_params.items():
