@@ -23,6 +23,12 @@ TINY = [
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """The ``--set`` overrides of the tiny GPT run (for runs started on a command line)."""
+    return list(TINY)
+
+
+@pytest.fixture(scope="session")
 def tiny_config() -> Callable[..., RunConfig]:
     """``tiny_config("num_workers=2", ...)``: the tiny GPT run with extra ``--set`` overrides."""
 
