@@ -138,8 +138,10 @@ class Algorithm(ABC):
                     param.copy_(value)
 
     def metrics(self) -> dict[str, Any]:
-        """Extra per-round metrics (chosen rank, bits, ...)."""
-        return {}
+        """Extra per-round metrics (chosen rank, bits, ...); by default those of the reducer chain."""
+        from farsync.algorithms.budget import reducer_metrics
+
+        return reducer_metrics(self.reducer)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
