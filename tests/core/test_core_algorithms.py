@@ -93,13 +93,24 @@ def test_ddp_counts_rounds_every_round_length_steps() -> None:
 
 
 def _train_quadratic(
-    algorithm: DiLoCo, model: nn.Linear, optimizer: torch.optim.Optimizer, center: np.ndarray, num_steps: int
+    algorithm: DiLoCo,
+    model: nn.Linear,
+    optimizer: torch.optim.Optimizer,
+    center: np.ndarray,
+    num_steps: int,
+    *,
+    finish: bool = True,
 ) -> None:
+    """``num_steps`` SGD steps on 0.5||w - center||^2 with the algorithm attached; ``finish=False`` leaves
+    without :meth:`finish` (as if training went on), so a partial round is not synchronised."""
     target = torch.tensor(center, dtype=torch.float32)
-    with algorithm:
-        for _ in range(num_steps):
-            model.weight.grad = (model.weight.detach() - target).clone()
-            optimizer.step()
+    algorithm.attach()
+    for _ in range(num_steps):
+        model.weight.grad = (model.weight.detach() - target).clone()
+        optimizer.step()
+    algorithm.detach()
+    if finish:
+        algorithm.finish()
 
 
 def _expected_diloco(
@@ -148,11 +159,40 @@ def test_diloco_does_not_synchronise_before_h_steps() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     diloco = DiLoCo(model, optimizer, _comm(0, 1, None), AlgorithmConfig(num_inner_steps=4))
     # Execute
-    _train_quadratic(diloco, model, optimizer, _center(1), 3)
+    _train_quadratic(diloco, model, optimizer, _center(1), 3, finish=False)
     # Assert
     assert diloco.round == 0
     np.testing.assert_array_equal(diloco.global_tensors()[0].numpy(), INITIAL.astype(np.float32))
     assert not np.allclose(model.weight.detach().numpy(), INITIAL)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_diloco_finish_synchronises_a_last_partial_round(world: int) -> None:
+    # Prepare: H = 4 but training stops after 4 + 3 steps
+    inner_lr = 0.1
+    config = AlgorithmConfig(num_inner_steps=4, outer_lr=0.7, outer_momentum=0.0)
+
+    def worker(rank: int, n: int, comm: Communicator) -> tuple[np.ndarray, int]:
+        model = _linear()
+        optimizer = torch.optim.SGD(model.parameters(), lr=inner_lr)
+        diloco = DiLoCo(model, optimizer, comm, config)
+        with diloco:
+            target = torch.tensor(_center(rank), dtype=torch.float32)
+            for _ in range(7):
+                model.weight.grad = (model.weight.detach() - target).clone()
+                optimizer.step()
+        return diloco.global_tensors()[0].double().numpy(), diloco.round
+
+    # Execute
+    results = _run(worker, world)
+    # Assert: one round of H = 4, then one of 3 steps, plain SGD outer steps (momentum 0)
+    mean_center = np.mean([_center(r) for r in range(world)], axis=0)
+    expected = INITIAL.copy()
+    for steps in (4, 3):
+        expected = expected - 0.7 * (1.0 - (1.0 - inner_lr) ** steps) * (expected - mean_center)
+    for global_weights, rounds in results:
+        assert rounds == 2
+        np.testing.assert_allclose(global_weights, expected, rtol=0, atol=1e-5)
 
 
 def test_diloco_leaves_out_a_worker_with_a_nan_pseudo_gradient(caplog: pytest.LogCaptureFixture) -> None:
@@ -184,7 +224,7 @@ def test_diloco_state_dict_round_trip_restores_outer_momentum() -> None:
     model = _linear()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     diloco = DiLoCo(model, optimizer, _comm(0, 1, None), config)
-    _train_quadratic(diloco, model, optimizer, _center(1), 3)
+    _train_quadratic(diloco, model, optimizer, _center(1), 3, finish=False)
     state = diloco.state_dict()
     restored = DiLoCo(_linear(), torch.optim.SGD(_linear().parameters(), lr=0.1), _comm(0, 1, None), config)
     # Execute
