@@ -151,8 +151,19 @@ def build_task(
     rank: int,
     num_workers: int,
     seed: int,
+    flip_labels: bool = False,
 ) -> Task:
-    """The model (initialised identically on every worker from ``seed``) and ``rank``'s data shard."""
+    """The model (initialised identically on every worker from ``seed``) and ``rank``'s data shard.
+
+    ``flip_labels``: this worker is a simulated label-flipping attacker (``byzantine.attack = "label_flip"``)
+    and trains on ``num_classes - 1 - y`` (classification data only).
+    """
+    if flip_labels and data.kind == "text":
+        from farsync.config import ConfigError
+
+        raise ConfigError(
+            "byzantine.attack", "label_flip", "needs classification data (data.kind 'digits' or 'npz')"
+        )
     if data.kind == "text":
         batches, evaluation, tokens_per_step, num_samples = _text_task(
             model_cfg, data, batch_size, num_eval_batches, rank, num_workers, seed
@@ -166,6 +177,10 @@ def build_task(
     check_batch_fits(data, batch_size, num_workers, [len(p) for p in parts])
     index = torch.as_tensor(parts[rank], dtype=torch.long)
     x, y = dataset.x_train[index], dataset.y_train[index]
+    if flip_labels:
+        from farsync.byzantine.attacks import flip_labels as flipped
+
+        y = flipped(y, dataset.num_classes)
     if model_cfg.kind == "cnn":
         x = x.reshape(-1, 1, 8, 8)
         test_x = dataset.x_test.reshape(-1, 1, 8, 8)

@@ -18,7 +18,13 @@ from farsync.byzantine.attacks import (
     sign_flip,
     stale,
 )
-from farsync.byzantine.validation import StrikeBook, validate_update
+from farsync.byzantine.validation import (
+    StrikeBook,
+    UpdateSummary,
+    check_summary,
+    summarize_update,
+    validate_update,
+)
 
 __all__ = [
     "BUILTIN_ATTACKS",
@@ -26,8 +32,10 @@ __all__ = [
     "Attack",
     "AttackContext",
     "StrikeBook",
+    "UpdateSummary",
     "alie",
     "alie_z",
+    "check_summary",
     "constant",
     "flip_labels",
     "gaussian",
@@ -35,5 +43,6 @@ __all__ = [
     "load_attack",
     "sign_flip",
     "stale",
+    "summarize_update",
     "validate_update",
 ]

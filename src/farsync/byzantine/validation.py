@@ -1,7 +1,9 @@
 """Validation of incoming updates and the strike book that excludes repeat offenders.
 
 :func:`validate_update` screens an update before it reaches an aggregation rule: wrong shape or dtype,
-non-finite values and an excessive norm are all rejected with a human-readable reason. :class:`StrikeBook`
+non-finite values and an excessive norm are all rejected with a human-readable reason. The same checks run on
+an :class:`UpdateSummary` (:func:`check_summary`), which is what a distributed reducer all-gathers so that
+every worker reaches the same verdict on every sender. :class:`StrikeBook`
 counts those rejections per worker and excludes a worker once it has collected ``max_strikes`` of them, a
 simplified form of the banning used by BTARD (Gorbunov et al. 2021, arXiv 2106.11257).
 """
@@ -14,9 +16,60 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["StrikeBook", "validate_update"]
+__all__ = ["StrikeBook", "UpdateSummary", "check_summary", "summarize_update", "validate_update"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UpdateSummary:
+    """What validation needs to know about an update, small enough to all-gather from every worker.
+
+    A distributed reducer cannot see every worker's full update before aggregating it, but every worker can
+    see every worker's summary (a few numbers), so all of them reach the same verdict on every sender.
+    """
+
+    shape: tuple[int, ...]
+    """Shape of the update (a valid update is flat)."""
+    dtype: torch.dtype
+    """Dtype of the update."""
+    finite: bool
+    """Whether every value is finite."""
+    norm: float
+    """Euclidean norm, accumulated in float64 (``inf`` when any value is not finite)."""
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def summarize_update(update: torch.Tensor) -> UpdateSummary:
+    """The :class:`UpdateSummary` of ``update``."""
+    finite = bool(torch.isfinite(update).all())
+    # float64 accumulation: a finite fp32 update can have a norm that overflows fp32.
+    norm = float(torch.linalg.vector_norm(update, dtype=torch.float64)) if finite else math.inf
+    return UpdateSummary(shape=tuple(update.shape), dtype=update.dtype, finite=finite, norm=norm)
+
+
+def check_summary(
+    summary: UpdateSummary,
+    *,
+    expected_numel: int,
+    expected_dtype: torch.dtype,
+    max_norm: float | None,
+) -> str | None:
+    """Return why the update ``summary`` describes must be rejected, or ``None`` (see :func:`validate_update`)."""
+    if max_norm is not None and not (math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be None or a finite number > 0, got {max_norm!r}")
+    if len(summary.shape) != 1 or summary.numel != expected_numel:
+        return f"wrong shape: expected ({expected_numel},), got {summary.shape}"
+    if summary.dtype != expected_dtype:
+        return f"wrong dtype: expected {expected_dtype}, got {summary.dtype}"
+    if not summary.finite:
+        return "non-finite values"
+    if max_norm is not None and summary.norm > max_norm:
+        return f"norm {summary.norm:.6g} above bound {max_norm:.6g}"
+    return None
 
 
 def validate_update(
@@ -36,18 +89,12 @@ def validate_update(
         raise ValueError(f"max_norm must be None or a finite number > 0, got {max_norm!r}")
     if not isinstance(update, torch.Tensor):
         return f"not a tensor: got {type(update).__name__}"
-    if update.dim() != 1 or update.numel() != expected_numel:
-        return f"wrong shape: expected ({expected_numel},), got {tuple(update.shape)}"
-    if update.dtype != expected_dtype:
-        return f"wrong dtype: expected {expected_dtype}, got {update.dtype}"
-    if not bool(torch.isfinite(update).all()):
-        return "non-finite values"
-    if max_norm is not None:
-        # float64 accumulation: a finite fp32 update can have a norm that overflows fp32.
-        norm = float(torch.linalg.vector_norm(update, dtype=torch.float64))
-        if norm > max_norm:
-            return f"norm {norm:.6g} above bound {max_norm:.6g}"
-    return None
+    return check_summary(
+        summarize_update(update),
+        expected_numel=expected_numel,
+        expected_dtype=expected_dtype,
+        max_norm=max_norm,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""Attack simulation as a reducer wrapper: a Byzantine worker sends ``attack(update, ctx)`` instead of its
+honest update, then the round goes on through the wrapped reducer as usual.
+
+Wrapping the reducer reaches the averaging step of every algorithm (DDP gradients, DiLoCo and DiLoCoX
+pseudo-gradients, FedAvg models), so one attack tests one defence everywhere. The attack signature and the
+built-in attacks are in :mod:`farsync.byzantine.attacks`.
+
+Built-in parameters: ``byzantine.scale`` is sign flip's multiplier, the Gaussian's standard deviation and
+the constant's value; ALIE derives its shift from the number of workers and of attackers; ``stale`` replays
+the update from :data:`STALE_ROUNDS` rounds ago; ``label_flip`` sends its update unchanged (the worker's
+labels are flipped in the data, see :func:`farsync.task.build_task`). A plug-in factory receives
+``scale=byzantine.scale`` when it accepts a ``scale`` keyword, and no arguments otherwise.
+
+Collusion: ``ctx.honest_updates`` holds the honest updates of every Byzantine worker this round. They are
+obtained with an all-gather over the same process group on a separate :class:`Communicator` (channel
+``"simulation"``) with its own :class:`ByteLedger` and no emulated link, so the run's reported bytes and
+time are real traffic only; :attr:`AttackingReducer.simulation_ledger` holds what the simulation moved.
+Built-in attacks that never read ``ctx.honest_updates`` skip that gather and see only their own update.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import deque
+from typing import Any
+
+import torch
+
+from farsync.byzantine.attacks import LABEL_FLIP, Attack, AttackContext, load_attack
+from farsync.comm.communicator import Communicator
+from farsync.comm.ledger import ByteLedger
+from farsync.comm.reducer import Reducer, flatten, unflatten
+from farsync.config import ByzantineConfig, RunConfig
+
+__all__ = ["STALE_ROUNDS", "AttackingReducer", "build_attack", "build_attacking_reducer"]
+
+logger = logging.getLogger(__name__)
+
+STALE_ROUNDS = 5
+"""How many rounds back the built-in ``stale`` attack replays."""
+
+_SCALED = {"sign_flip": "scale", "gaussian": "std", "constant": "value"}
+_IGNORE_COLLUDERS = ("sign_flip", "gaussian", "constant", LABEL_FLIP, "stale")
+_HISTORY = 16
+
+
+def build_attack(config: ByzantineConfig) -> Attack:
+    """The configured attack with its parameters (see the module docstring)."""
+    spec = config.attack
+    if spec in _SCALED:
+        return load_attack(spec, **{_SCALED[spec]: config.scale})
+    if spec == "stale":
+        return load_attack(spec, k=STALE_ROUNDS)
+    if ":" in spec:
+        from farsync.byzantine.attacks import _resolve_factory
+
+        try:
+            accepts_scale = "scale" in inspect.signature(_resolve_factory(spec)).parameters
+        except (TypeError, ValueError):
+            accepts_scale = False
+        return load_attack(spec, scale=config.scale) if accepts_scale else load_attack(spec)
+    return load_attack(spec)
+
+
+class AttackingReducer(Reducer):
+    """Replaces a Byzantine worker's update by the attack's forgery, then reduces through ``inner``.
+
+    Honest workers pass straight through (they still take part in the collusion gather when the attack
+    needs it, because it is a collective). Failure: an attack that raises stops the worker, as a bug would.
+    """
+
+    def __init__(
+        self,
+        comm: Communicator,
+        inner: Reducer,
+        attack: Attack,
+        byzantine: list[int],
+        *,
+        seed: int = 0,
+        gather_colluders: bool = True,
+    ) -> None:
+        super().__init__(comm)
+        self.inner = inner
+        self.attack = attack
+        self.byzantine = sorted(set(byzantine))
+        self.is_byzantine = comm.rank in self.byzantine
+        self.gather_colluders = gather_colluders
+        self.round = 0
+        self.history: deque[torch.Tensor] = deque(maxlen=_HISTORY)
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + comm.rank)
+        self.simulation_ledger = ByteLedger(rank=comm.rank)
+        self.simulation = Communicator(
+            comm.group,
+            comm.rank,
+            comm.world_size,
+            ledger=self.simulation_ledger,
+            clock=comm.clock,
+            link=None,
+            channel="simulation",
+        )
+
+    def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        honest = flatten(named)
+        colluders = self._colluders(honest)
+        sent = named
+        if self.is_byzantine:
+            ctx = AttackContext(
+                round=self.round,
+                worker=self.comm.rank,
+                num_workers=self.comm.world_size,
+                num_byzantine=len(self.byzantine),
+                honest_updates=colluders,
+                history=list(self.history),
+                generator=self.generator,
+            )
+            forged = self.attack(honest.clone(), ctx)
+            self.history.append(honest.clone())
+            well_formed = (
+                isinstance(forged, torch.Tensor) and forged.dim() == 1 and forged.numel() == honest.numel()
+            )
+            sent = unflatten(forged, named) if well_formed else {"forged": forged}
+        self.round += 1
+        result = self.inner.reduce(sent, weight)
+        if result.keys() != named.keys():
+            return unflatten(flatten(result), named)
+        return result
+
+    def _colluders(self, honest: torch.Tensor) -> list[torch.Tensor]:
+        if not self.gather_colluders:
+            return [honest] if self.is_byzantine else []
+        gathered = self.simulation.all_gather(honest).wait()
+        return [gathered[rank] for rank in self.byzantine]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "history": list(self.history), "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.round = int(state["round"])
+        self.history = deque(state["history"], maxlen=_HISTORY)
+        self.inner.load_state_dict(state.get("inner", {}))
+
+
+def build_attacking_reducer(config: RunConfig, comm: Communicator, inner: Reducer) -> Reducer:
+    """Wraps ``inner`` so that the ranks in ``byzantine.workers`` attack (see the module docstring)."""
+    attack = build_attack(config.byzantine)
+    return AttackingReducer(
+        comm,
+        inner,
+        attack,
+        config.byzantine.workers,
+        seed=config.seed,
+        gather_colluders=config.byzantine.attack not in _IGNORE_COLLUDERS,
+    )
