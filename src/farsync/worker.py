@@ -17,11 +17,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from farsync.algorithms.base import Algorithm
 from farsync.build import build_algorithm, build_reducer, link_for_group
@@ -32,6 +31,9 @@ from farsync.comm.groups import make_group, open_store
 from farsync.comm.ledger import ByteLedger
 from farsync.config import RunConfig, TrainConfig
 from farsync.task import MODEL_INIT_LOCK, Task, build_task, check_task
+
+if TYPE_CHECKING:
+    from torch._C._distributed_c10d import Store
 
 __all__ = ["WorkerContext", "WorkerResult", "lr_lambda", "run_worker"]
 
@@ -46,7 +48,7 @@ class WorkerContext:
 
     rank: int
     world_size: int
-    store: dist.Store
+    store: Store
     out_dir: Path | None
     sink: Sink
     resume: bool = False
@@ -205,7 +207,7 @@ class _Loop:
         x, y = x.to(self.ctx.device), y.to(self.ctx.device)
         begin, blocked = self.clock.now(), self.ledger.blocked_s()
         loss = self.task.loss(self.model, x, y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         if self.config.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.optimizer.step()  # the algorithm's hooks run inside this call
@@ -311,7 +313,7 @@ def run_worker(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
     return result
 
 
-def read_results(store: dist.Store, prefix: str, world_size: int) -> list[dict[str, Any]]:
+def read_results(store: Store, prefix: str, world_size: int) -> list[dict[str, Any]]:
     """Every worker's :class:`WorkerResult` as a dict, waiting until all are published."""
     keys = [f"{prefix}/final/{rank}" for rank in range(world_size)]
     store.wait(keys)
@@ -355,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics_file.close()
     if rank == 0:
         results = read_results(store, prefix, world_size)
-        records = []
+        records: list[dict[str, Any]] = []
         for other in range(world_size):
             path = out_dir / f"metrics.rank{other}.jsonl"
             records.extend(json.loads(line) for line in path.read_text().splitlines())

@@ -105,14 +105,14 @@ class Algorithm(ABC):
             self.round += 1
 
     # ------------------------------------------------------------------------------------ the hooks
-    def before_inner_step(self) -> None:
+    def before_inner_step(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Called before every inner ``optimizer.step()``."""
 
     @abstractmethod
     def after_inner_step(self) -> bool:
         """Called after every inner step; returns True when an outer round ended at this step."""
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Completes any synchronisation in flight (end of training)."""
 
     # ----------------------------------------------------------------------------------- inspection

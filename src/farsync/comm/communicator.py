@@ -127,7 +127,7 @@ class Communicator:
             return self._handle(None, lambda: tensor, Collective.ALL_REDUCE, _payload_bytes(tensor))
         assert self.group is not None
         options = dist.AllreduceOptions()
-        options.reduceOp = dist.ReduceOp.SUM
+        options.reduceOp = dist.ReduceOp.SUM  # type: ignore[assignment]  # the stub types the enum value apart
         work = self.group.allreduce([tensor], options)
 
         def result() -> torch.Tensor:
@@ -160,7 +160,7 @@ class Communicator:
         work = self.group.alltoall_base(receive, send, sizes, sizes, dist.AllToAllOptions())
 
         def result() -> list[torch.Tensor]:
-            return [part.reshape(c.shape) for part, c in zip(receive.split(sizes), chunks, strict=True)]
+            return [part.reshape(c.shape) for part, c in zip(torch.split(receive, sizes), chunks, strict=True)]
 
         return self._handle(work, result, Collective.ALL_TO_ALL, total)
 

@@ -23,12 +23,12 @@ time is zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["Collective", "LinkModel", "wire_bytes", "wire_time"]
 
 
-class Collective(str, Enum):
+class Collective(StrEnum):
     ALL_REDUCE = "all_reduce"
     ALL_GATHER = "all_gather"
     REDUCE_SCATTER = "reduce_scatter"

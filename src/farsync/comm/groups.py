@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:  # torch.distributed re-exports these only at runtime; the stubs live in torch._C
+    from torch._C._distributed_c10d import Store, TCPStore
 
 __all__ = ["backend_for", "make_group", "open_store"]
 
@@ -20,9 +24,9 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def open_store(host: str, port: int, world_size: int, is_master: bool, timeout_s: float = 60.0) -> dist.TCPStore:
+def open_store(host: str, port: int, world_size: int, is_master: bool, timeout_s: float = 60.0) -> TCPStore:
     """Connects to (or hosts) the TCPStore that every group of the run is built on."""
-    return dist.TCPStore(
+    return dist.TCPStore(  # type: ignore[attr-defined]
         host,
         port,
         world_size,
@@ -33,7 +37,7 @@ def open_store(host: str, port: int, world_size: int, is_master: bool, timeout_s
 
 
 def make_group(
-    store: dist.Store,
+    store: Store,
     prefix: str,
     rank: int,
     world_size: int,
@@ -44,17 +48,18 @@ def make_group(
     """A new group of ``world_size`` members on ``store`` under ``prefix``; ``None`` at world size 1."""
     if world_size == 1:
         return None
-    prefixed = dist.PrefixStore(prefix, store)
+    prefixed = dist.PrefixStore(prefix, store)  # type: ignore[attr-defined]
     timeout = datetime.timedelta(seconds=timeout_s)
     if device is not None and backend_for(device) == "nccl":
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
-        return dist.ProcessGroupNCCL(prefixed, rank, world_size, options)
+        # The backends are used directly as groups (they implement the same collectives).
+        return dist.ProcessGroupNCCL(prefixed, rank, world_size, options)  # type: ignore[return-value]
     if os.environ.get("GLOO_SOCKET_IFNAME") is None and os.environ.get("FARSYNC_LOOPBACK", "1") == "1":
         # Single-host runs: keep gloo on loopback so it never picks another interface.
         device_gloo = dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")
-        options = dist.ProcessGroupGloo._Options()
+        options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
         options._devices = [device_gloo]
         options._timeout = timeout
-        return dist.ProcessGroupGloo(prefixed, rank, world_size, options)
-    return dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+        return dist.ProcessGroupGloo(prefixed, rank, world_size, options)  # type: ignore[return-value]
+    return dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)  # type: ignore[return-value]
