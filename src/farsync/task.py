@@ -10,7 +10,7 @@ import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -113,7 +113,7 @@ def _text_task(model_cfg: ModelConfig, data: DataConfig, batch_size: int, num_ev
         corpus = load_text_files(data.path, val_percent=data.val_percent, max_bytes=data.max_bytes)
     else:
         corpus = load_stdlib_corpus(val_percent=data.val_percent, max_bytes=data.max_bytes)
-    scheme = "dirichlet" if data.partition == "dirichlet" else "iid"
+    scheme: Literal["iid", "dirichlet"] = "dirichlet" if data.partition == "dirichlet" else "iid"
     shards = shard_text(corpus, num_parts, scheme, alpha=data.alpha, seed=seed)
     context = model_cfg.context_length
     shard = shards[rank]
