@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,9 @@ import torch.distributed as dist
 from farsync.comm.cost import LinkModel
 from farsync.comm.groups import make_group
 from farsync.config import NetworkConfig, parse_bandwidth
+
+if TYPE_CHECKING:  # torch.distributed re-exports Store only at runtime; the stub lives in torch._C
+    from torch._C._distributed_c10d import Store
 
 __all__ = ["Mesh", "MeshGroups", "build_mesh_groups", "intra_link"]
 
@@ -80,7 +84,7 @@ class MeshGroups:
 
 
 def build_mesh_groups(
-    store: dist.Store,
+    store: Store,
     prefix: str,
     mesh: Mesh,
     rank: int,

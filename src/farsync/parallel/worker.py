@@ -255,7 +255,7 @@ class _PipelinedLoop(_Loop):
         )
 
 
-def run_pipelined_worker(config: RunConfig, ctx: WorkerContext) -> PipelinedWorkerResult:
+def run_pipelined_worker(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
     """Trains one stage of one replica to the end; publishes its result under ``final/<rank>``."""
     loop = _PipelinedLoop(config, ctx)
     result = loop.run()
