@@ -203,11 +203,12 @@ class GatherReducer(_CompressedReducer):
             for name, value in corrected.items():
                 lost = value - codecs[name].decode(encoded[name]) if weight > 0 else value
                 self.residuals.store(name, lost)
-        parts = [as_bytes(torch.tensor([weight], dtype=torch.float32))]
+        device = next(iter(corrected.values())).device if corrected else torch.device("cpu")
+        parts = [as_bytes(torch.tensor([weight], dtype=torch.float32, device=device))]
         parts += [as_bytes(tensor) for enc in encoded.values() for tensor in enc.payload.values()]
         message = torch.cat(parts)
         gathered = self.comm.all_gather(message).wait()
-        totals = {name: torch.zeros(t.shape, dtype=torch.float32) for name, t in corrected.items()}
+        totals = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in corrected.items()}
         weight_sum = 0.0
         for peer_message in gathered:  # rank order, the same on every worker
             peer_weight, decoded = self._decode(peer_message, encoded, codecs)

@@ -32,6 +32,7 @@ fills new columns from :func:`~farsync.compress.initial_q`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,22 +133,23 @@ class LowRankAllReduce:
         corrected = self.residuals.corrected(named) if self.residuals is not None else _as_float(named)
         matrices = {n: matrix_view(t) for n, t in corrected.items() if t.ndim >= 2 and t.numel() > 0}
         dense_names = [n for n in corrected if n not in matrices]
+        device = next(iter(corrected.values())).device if corrected else torch.device("cpu")
 
         queries = {
-            n: self.warm_q(n, m.shape[1], effective_rank(*m.shape, rank)).to(m.device)
+            n: self.warm_q(n, m.shape[1], effective_rank(m.shape[0], m.shape[1], rank)).to(m.device)
             for n, m in matrices.items()
         }
-        p_local = _cat([(m @ queries[n]) * weight for n, m in matrices.items()])
+        p_local = _cat([(m @ queries[n]) * weight for n, m in matrices.items()], device)
         p_sum = self._ring(p_local, codec)
         dense_local = _cat(
-            [corrected[n].reshape(-1) * weight for n in dense_names] + [p_local.new_tensor([weight])]
+            [corrected[n].reshape(-1) * weight for n in dense_names] + [p_local.new_tensor([weight])], device
         )
         dense_sum = self.comm.all_reduce(dense_local, op="sum").wait()
         weight_sum = float(dense_sum[-1])
 
         p_shapes = {n: (m.shape[0], queries[n].shape[1]) for n, m in matrices.items()}
         bases = {n: orthogonalize(p) for n, p in _split(p_sum, p_shapes).items()}
-        q_local = _cat([(m.T @ bases[n]) * weight for n, m in matrices.items()])
+        q_local = _cat([(m.T @ bases[n]) * weight for n, m in matrices.items()], device)
         q_sum = self._ring(q_local, codec)
         q_factors = _split(q_sum, {n: tuple(q.shape) for n, q in queries.items()})
 
@@ -197,13 +199,13 @@ def _as_float(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.detach().to(torch.float32) for name, t in named.items()}
 
 
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+def _cat(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     if not parts:
-        return torch.zeros(0)
+        return torch.zeros(0, device=device)
     return torch.cat([p.reshape(-1) for p in parts])
 
 
-def _split(vector: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+def _split(vector: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Cuts a concatenated factor vector back into matrices of ``shapes`` (in order)."""
     out, offset = {}, 0
     for name, (height, width) in shapes.items():

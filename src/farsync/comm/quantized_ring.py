@@ -116,8 +116,10 @@ class _InFlight:
 class _Ring:
     """One ring all-reduce in progress: the chunk layout, the two pacers and the posted messages."""
 
-    def __init__(self, comm: Communicator, numel: int, codec: WireCodec, num_pieces: int) -> None:
-        self.comm, self.codec, self.num_pieces = comm, codec, num_pieces
+    def __init__(
+        self, comm: Communicator, numel: int, codec: WireCodec, num_pieces: int, device: torch.device
+    ) -> None:
+        self.comm, self.codec, self.num_pieces, self.device = comm, codec, num_pieces, device
         self.n, self.rank = comm.world_size, comm.rank
         self.chunks = ring_chunks(numel, self.n, codec.block_size, num_pieces)
         self.outgoing, self.incoming = _LinkPacer(comm), _LinkPacer(comm)
@@ -154,7 +156,8 @@ class _Ring:
                     self.sends.append(handle)
                 start, stop = self.chunks[chunk_in][piece]
                 if stop > start:
-                    buffer = torch.empty(self.codec.num_bytes(stop - start), dtype=torch.uint8)
+                    size = self.codec.num_bytes(stop - start)
+                    buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
                     handle = self.comm.recv(buffer, left, tag)
                     self.incoming.pace(handle, buffer.numel(), arriving=True)
                     current.append(_InFlight(handle, chunk_in, piece))
@@ -211,7 +214,7 @@ def quantized_ring_all_reduce(
     values = vector.detach().reshape(-1).to(torch.float32, copy=True)
     if comm.world_size == 1:
         return values.reshape(vector.shape)
-    ring = _Ring(comm, values.numel(), wire, num_pieces)
+    ring = _Ring(comm, values.numel(), wire, num_pieces, values.device)
     n, rank = ring.n, ring.rank
 
     def piece_range(chunk: int, piece: int) -> slice:
