@@ -1,0 +1,17 @@
+"""A plug-in attack for tests/robust: loaded by name as ``plugin_robust_attack:make_colluding_shift``."""
+
+import torch
+
+from farsync.byzantine import Attack, AttackContext
+
+CALLS: list[dict[str, object]] = []
+
+
+def make_colluding_shift(scale: float = 1.0) -> Attack:
+    """Send the colluders' mean honest update plus ``scale`` in every coordinate, recording what it saw."""
+
+    def attack(update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        CALLS.append({"worker": ctx.worker, "round": ctx.round, "num_colluders": len(ctx.honest_updates)})
+        return torch.stack(ctx.honest_updates).mean(dim=0) + scale
+
+    return attack
