@@ -1,0 +1,202 @@
+"""``farsync train --elastic``: a coordinator and one worker process per slot on this machine.
+
+The launcher hosts the coordinator in a thread (its TCPStore on a free loopback port), writes a fresh token
+to ``OUT/token`` (mode 0600; workers read it from there, as ``farsync worker --token-file`` would), and
+starts each worker as a process running :func:`farsync.elastic.worker.join` with ``FARSYNC_WORKER_ID`` set
+to its slot, logging to
+``OUT/logs/worker<slot>.log``. An optional :class:`~farsync.testing.faults.FaultInjector` kills and restarts
+workers. When every worker has exited, the launcher merges their records and the coordinator's quorum and
+failure events into ``metrics.jsonl`` and writes ``summary.json`` with the elastic figures:
+``num_quorum_changes``, ``worker_failures``, ``rounds_lost_by_survivors``, ``inner_steps_lost_by_survivors``,
+``healing_s`` and ``global_params_equal``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from farsync.comm.groups import open_store
+from farsync.config import RunConfig, config_to_toml
+from farsync.elastic.coordinator import Coordinator
+from farsync.elastic.token import read_token, write_token
+from farsync.elastic.worker import check_elastic_config
+from farsync.report.summary import write_run_outputs
+from farsync.testing.faults import FaultInjector, FaultPlan
+
+__all__ = ["WorkerPool", "launch_elastic"]
+
+logger = logging.getLogger(__name__)
+
+
+def _worker_entry(
+    config_path: str, address: str, token_file: str, out_dir: str, slot: int, log_path: str
+) -> None:
+    """A worker process: output to its log file, its slot in the environment, then ``farsync worker``."""
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's own stdout
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.environ["FARSYNC_WORKER_ID"] = str(slot)
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {slot}] %(levelname)s %(name)s: %(message)s")
+    from farsync.config import load_config
+    from farsync.elastic.worker import join
+
+    code = join(load_config(config_path), address, token_file=token_file, out_dir=Path(out_dir))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class WorkerPool:
+    """Worker processes by slot: start, SIGKILL, poll (the :class:`~farsync.testing.faults.Processes` interface).
+
+    Workers are forked from the launcher, which has already imported torch and farsync, so a restart takes
+    milliseconds instead of the seconds an interpreter start costs (as with DataLoader workers, each child
+    sets its own intra-op thread count). Each is still a separate process with its own store connections and
+    gloo groups, killed with a real SIGKILL.
+    """
+
+    def __init__(self, config: RunConfig, address: str, token_file: Path, out_dir: Path) -> None:
+        self.num_slots = config.num_workers
+        self.args = (str(out_dir / "config.toml"), address, str(token_file), str(out_dir))
+        self.log_dir = out_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.context = mp.get_context("fork")
+        self.processes: dict[int, Any] = {}
+
+    def slots(self) -> list[int]:
+        return list(range(self.num_slots))
+
+    def start(self, slot: int) -> None:
+        log_path = str(self.log_dir / f"worker{slot}.log")
+        process = self.context.Process(target=_worker_entry, args=(*self.args, slot, log_path), daemon=True)
+        process.start()
+        self.processes[slot] = process
+
+    def is_running(self, slot: int) -> bool:
+        process = self.processes.get(slot)
+        return process is not None and process.is_alive()
+
+    def kill(self, slot: int) -> None:
+        process = self.processes.get(slot)
+        if process is not None and process.is_alive():
+            os.kill(process.pid, signal.SIGKILL)
+            process.join()
+
+    def exit_codes(self) -> dict[int, int | None]:
+        return {slot: p.exitcode for slot, p in self.processes.items()}
+
+    def any_running(self) -> bool:
+        return any(p.is_alive() for p in self.processes.values())
+
+    def stop_all(self) -> None:
+        for slot in list(self.processes):
+            self.kill(slot)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _prepare_dir(out_dir: Path) -> list[dict[str, Any]]:
+    """Clears per-worker files of an earlier launch; returns the earlier records when resuming."""
+    resuming = (out_dir / "elastic" / "checkpoints").is_dir()
+    previous = _read_jsonl(out_dir / "metrics.jsonl") if resuming else []
+    for pattern in ("result.worker*.json", "metrics.worker*.jsonl"):
+        for path in out_dir.glob(pattern):
+            path.unlink()
+    return previous
+
+
+def launch_elastic(
+    config: RunConfig,
+    out_dir: Path,
+    progress: bool = True,
+    *,
+    faults: FaultPlan | None = None,
+    timeout_s: float = 3600.0,
+) -> dict[str, Any]:
+    """Runs an elastic run on this machine to the end; returns the summary (also in ``summary.json``)."""
+    check_elastic_config(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = _prepare_dir(out_dir)
+    config_path = out_dir / "config.toml"
+    config_path.write_text(config_to_toml(config))
+    token_path = out_dir / "token"
+    token = read_token(token_path) if token_path.is_file() else write_token(token_path)
+    store = open_store("127.0.0.1", 0, 1, is_master=True)
+    coordinator = Coordinator(store, token=token, min_workers=config.elastic.min_workers)
+    thread = coordinator.start_thread()
+    pool = WorkerPool(config, f"127.0.0.1:{store.port}", token_path, out_dir)
+    injector = FaultInjector(faults, pool) if faults is not None else None
+    begin = time.monotonic()
+    for slot in pool.slots():
+        pool.start(slot)
+    seen_events = 0
+    try:
+        while pool.any_running() or (
+            injector is not None and injector.busy() and not coordinator.book.finished
+        ):
+            if injector is not None:
+                injector.step(dict(coordinator.book.progress))
+            events = coordinator.book.events[seen_events:]
+            seen_events += len(events)
+            if progress:
+                for event in events:
+                    print(f"elastic: {json.dumps(event)}", file=sys.stderr, flush=True)
+            if time.monotonic() - begin > timeout_s:
+                raise TimeoutError(
+                    f"elastic run did not finish within {timeout_s:g}s (logs in {out_dir / 'logs'})"
+                )
+            time.sleep(0.05)
+    finally:
+        pool.stop_all()
+        coordinator.stop()
+        thread.join(timeout=5)
+    return _write_outputs(config, out_dir, coordinator, injector, previous, time.monotonic() - begin)
+
+
+def _write_outputs(
+    config: RunConfig,
+    out_dir: Path,
+    coordinator: Coordinator,
+    injector: FaultInjector | None,
+    previous: list[dict[str, Any]],
+    elapsed_s: float,
+) -> dict[str, Any]:
+    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("result.worker*.json"))]
+    if not results:
+        raise RuntimeError(f"no elastic worker finished; see the logs in {out_dir / 'logs'}")
+    records = list(previous)
+    for path in sorted(out_dir.glob("metrics.worker*.jsonl")):
+        records.extend(_read_jsonl(path))
+    records.extend({**event, "source": "coordinator"} for event in coordinator.book.events)
+    if injector is not None:
+        records.extend({**entry, "source": "fault_injector"} for entry in injector.log)
+    summary = write_run_outputs(config, out_dir, results, records)
+    heal_times = [float(rec["healing_s"]) for rec in records if rec.get("kind") == "heal"]
+    hashes = [r["global_params_sha256"] for r in results]
+    summary.update(coordinator.summary())
+    summary.update(
+        rounds_lost_by_survivors=sum(int(r["elastic"]["rounds_lost"]) for r in results),
+        inner_steps_lost_by_survivors=sum(int(r["elastic"]["inner_steps_lost"]) for r in results),
+        collective_retries=sum(int(r["elastic"]["collective_retries"]) for r in results),
+        healing_s=sorted(heal_times),
+        num_finished_workers=len(results),
+        global_params_equal=len(set(hashes)) == 1,
+        elastic_elapsed_s=elapsed_s,
+        num_kills=sum(1 for e in injector.log if e["kind"] == "kill") if injector is not None else 0,
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,317 @@
+"""An elastic worker: the ordinary training loop, joined to a coordinator instead of a fixed group.
+
+``farsync worker --coordinator HOST:PORT CONFIG.toml --token-file F`` runs :func:`join`. The worker
+
+1. reads the run's token from the file and joins (refused: a clear message and exit code 3, no effect on
+   the run); its slot (hence its data shard) is ``$FARSYNC_WORKER_ID`` or the lowest free one;
+2. starts heart-beating from a thread of its own;
+3. arrives at the next round boundary without a pseudo-gradient: the quorum it joins heals it (global
+   weights, outer momentum, round and step counters from a live peer) and it contributes weight 0 to that
+   boundary's collective, then trains from the new global weights like everyone else;
+4. at every later boundary synchronises through :class:`~farsync.elastic.reducer.ElasticReducer`.
+
+**Data.** Shards are fixed by the configured ``num_workers`` slots: a worker trains on the shard of its slot,
+a restarted worker takes its slot back, and a slot nobody holds simply contributes nothing while empty.
+Changing ``num_workers`` (resuming with a different count) reshards the data into that many slots, because
+the shard is a pure function of (seed, slot, num_workers).
+
+**Checkpoints** (``checkpoint.every_rounds``): the quorum's source writes the global state (identical on
+every member) under ``OUT/elastic/checkpoints``; a worker started with that directory resumes from it and
+heals the others, whatever their number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from farsync.algorithms.diloco import DiLoCo, OuterState
+from farsync.build import build_algorithm, build_reducer
+from farsync.checkpoint import find_latest, load_worker_state, prune, save_worker_state
+from farsync.comm.clock import Clock
+from farsync.comm.communicator import Communicator
+from farsync.comm.ledger import ByteLedger
+from farsync.config import ConfigError, RunConfig, config_to_toml
+from farsync.elastic.client import (
+    CoordinatorClient,
+    JoinRefused,
+    RunFinished,
+    Superseded,
+    config_digest,
+    parse_address,
+)
+from farsync.elastic.quorum import Decision
+from farsync.elastic.reducer import ElasticReducer
+from farsync.elastic.token import read_token
+from farsync.task import build_task
+from farsync.worker import WorkerContext, _Loop, lr_lambda
+
+__all__ = ["EXIT_REFUSED", "ElasticLoop", "check_elastic_config", "join"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_REFUSED = 3
+EXIT_SUPERSEDED = 4
+
+
+def check_elastic_config(config: RunConfig) -> None:
+    """Elastic runs need a synchronous outer step over global weights (DiLoCo family, delay 0)."""
+    if config.algorithm.name not in ("diloco", "fedavg"):
+        raise ConfigError(
+            "algorithm.name", config.algorithm.name, "elastic runs support 'diloco' and 'fedavg'"
+        )
+    if config.algorithm.delay != 0:
+        raise ConfigError(
+            "algorithm.delay", config.algorithm.delay, "elastic runs need 0 (a synchronous outer step)"
+        )
+    if config.parallel.num_stages != 1:
+        raise ConfigError("parallel.num_stages", config.parallel.num_stages, "elastic runs need 1")
+
+
+class ElasticLoop(_Loop):
+    """:class:`farsync.worker._Loop` whose synchronisation goes through an :class:`ElasticReducer`.
+
+    The construction mirrors ``_Loop.__init__`` except for the communicator: this loop owns only a
+    world-size-1 communicator, and the reducer builds one per quorum. ``ctx.rank`` is the worker's slot and
+    ``ctx.world_size`` the configured number of slots (data shards).
+    """
+
+    def __init__(self, config: RunConfig, ctx: WorkerContext, client: CoordinatorClient) -> None:
+        self.config, self.ctx, self.client = config, ctx, client
+        self.clock = Clock(config.network.emulation)
+        self.ledger = ByteLedger(rank=ctx.rank)
+        torch.manual_seed(config.seed)
+        self.task = build_task(
+            config.model,
+            config.data,
+            batch_size=config.train.batch_size,
+            num_eval_batches=config.train.num_eval_batches,
+            rank=ctx.rank,
+            num_workers=ctx.world_size,
+            seed=config.seed,
+        )
+        self.model = self.task.model.to(ctx.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.train.lr,
+            betas=(0.9, 0.95),
+            weight_decay=config.train.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
+        self.comm = Communicator(None, 0, 1, ledger=self.ledger, clock=self.clock, link=None)
+        self.reducer = ElasticReducer(
+            self.comm,
+            client=client,
+            config=config,
+            build_inner=lambda comm: build_reducer(config, comm),
+            sink=self.emit,
+        )
+        algorithm = build_algorithm(config, self.model, self.optimizer, self.comm, self.reducer, self.task)
+        assert isinstance(algorithm, DiLoCo)
+        self.algorithm: DiLoCo = algorithm
+        self.reducer.target = self
+        self.step = 0
+        self.compute_s = 0.0
+        self.train_s = 0.0
+        self.round_losses: list[float] = []
+        self.last_eval: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------- ElasticTarget protocol
+    @property
+    def outer(self) -> OuterState:
+        return self.algorithm.outer
+
+    def arrival_state(self, pending: bool) -> dict[str, Any]:
+        # Inside the optimizer hook the loop has not counted the step that ended the round yet.
+        step = self.step + 1 if pending else self.step
+        return {"round": self.algorithm.round, "step": step, "sha": self.algorithm.global_sha256()}
+
+    def on_healed(self, decision: Decision, pending: bool) -> None:
+        self.algorithm.round = decision.round
+        self.algorithm.inner_step = decision.step
+        self.algorithm.steps_in_round = 0
+        self._set_step(decision.step - 1 if pending else decision.step)
+        self.optimizer.state.clear()  # inner AdamW moments start from zero (see farsync.elastic.healing)
+        self._reseed_batches(decision.round)
+
+    def _set_step(self, step: int) -> None:
+        self.step = step
+        self.scheduler.last_epoch = step
+        factor = lr_lambda(self.config.train)(step)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * factor
+
+    def _reseed_batches(self, round_index: int) -> None:
+        state = self.task.batches.state_dict()
+        generator = torch.Generator()
+        generator.manual_seed(self.config.seed * 7919 + self.ctx.rank + 1_000_003 * (round_index + 1))
+        state["generator_state"] = generator.get_state()
+        if "position" in state:
+            state["position"] = 0
+        self.task.batches.load_state_dict(state)
+
+    # ------------------------------------------------------------------------------ join and resume
+    def maybe_resume(self) -> None:
+        """Resumes from this directory's elastic checkpoint (if any), then joins a quorum and heals."""
+        self._resume_from_checkpoint()
+        zeros = {
+            name: torch.zeros_like(p, dtype=torch.float32) for name, p in self.algorithm.named_params.items()
+        }
+        decision, averaged = self.reducer.synchronise(zeros, 0.0, pending=False)
+        round_index = decision.round
+        if averaged is not None:
+            self.algorithm.outer.step(averaged)  # the members' outer step of this boundary, applied here too
+            round_index += 1
+        self.algorithm.round, self.algorithm.inner_step = round_index, decision.step
+        self.algorithm.steps_in_round = 0
+        self._set_step(decision.step)
+        self.algorithm.load_global_into_model()
+        self.emit(
+            {
+                "kind": "join",
+                "round": round_index,
+                "step": self.step,
+                "quorum_id": decision.quorum_id,
+                "members": list(decision.members),
+                "healed": self.ctx.rank in decision.healers,
+            }
+        )
+
+    def _resume_from_checkpoint(self) -> None:
+        if self.ctx.out_dir is None:
+            return
+        found = find_latest(self.ctx.out_dir / "elastic", 1)
+        if found is None:
+            return
+        round_index, directory = found
+        state = load_worker_state(directory, 0)
+        self.algorithm.outer.load_state_dict(state["outer"])
+        self.algorithm.round = int(state["round"])
+        self.algorithm.inner_step = int(state["step"])
+        self._set_step(int(state["step"]))
+        self.algorithm.load_global_into_model()
+        self.emit(
+            {"kind": "resume", "round": round_index, "step": self.step, "num_workers": self.ctx.world_size}
+        )
+
+    def maybe_checkpoint(self) -> None:
+        every = self.config.checkpoint.every_rounds
+        decision = self.reducer.decision
+        if not every or self.ctx.out_dir is None or self.algorithm.round % every != 0:
+            return
+        if decision is None or decision.source != self.ctx.rank:
+            return  # one copy is enough: every member holds the same global state
+        root = self.ctx.out_dir / "elastic"
+        state = {"outer": self.algorithm.outer.state_dict(), "round": self.algorithm.round, "step": self.step}
+        save_worker_state(root, self.algorithm.round, 0, state)
+        prune(root, self.config.checkpoint.keep)
+
+    def emit(self, record: dict[str, Any]) -> None:
+        if record.get("kind") == "round":
+            record.update(self.reducer.metrics())
+        super().emit(record)
+
+    def elastic_result(self) -> dict[str, Any]:
+        return {
+            "slot": self.ctx.rank,
+            "incarnation": self.client.incarnation,
+            "rounds_lost": self.reducer.rounds_lost,
+            "inner_steps_lost": self.reducer.inner_steps_lost,
+            "collective_retries": self.reducer.retries,
+            "heal_times_s": self.reducer.heal_times,
+        }
+
+
+def _slot_from_environment() -> int | None:
+    text = os.environ.get("FARSYNC_WORKER_ID", "")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ConfigError("FARSYNC_WORKER_ID", text, "expected a worker slot number >= 0")
+    return int(text)
+
+
+def join(
+    config: RunConfig, coordinator: str, token_file: str | Path | None = None, out_dir: Path | None = None
+) -> int:
+    """``farsync worker``: joins the run at ``coordinator`` and trains until the run ends. Returns the exit code."""
+    check_elastic_config(config)
+    host, port = parse_address(coordinator)
+    token = read_token(token_file)
+    torch.set_num_threads(max(1, int(os.environ.get("FARSYNC_THREADS", "1"))))
+    holder: dict[str, Any] = {}
+
+    def progress() -> tuple[int, int]:
+        loop = holder.get("loop")
+        return (loop.algorithm.round, loop.step) if loop is not None else (-1, -1)
+
+    client = CoordinatorClient(
+        host,
+        port,
+        token=token,
+        slot=_slot_from_environment(),
+        config_sha=config_digest(config_to_toml(config)),
+        num_slots=config.num_workers,
+        elastic=dataclasses.asdict(config.elastic),
+        progress=progress,
+    )
+    try:
+        client.register(client.store)
+    except JoinRefused as error:
+        print(f"farsync worker: {error}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    assert client.slot is not None
+    print(
+        f"farsync worker {client.slot}: admitted (incarnation {client.incarnation})",
+        file=sys.stderr,
+        flush=True,
+    )
+    client.start_heartbeat(config.elastic.heartbeat_interval_s)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / f"metrics.worker{client.slot}.jsonl" if out_dir is not None else None
+    metrics_file = open(metrics_path, "a") if metrics_path is not None else None  # noqa: SIM115 - closed below
+
+    def sink(record: dict[str, Any]) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+    ctx = WorkerContext(client.slot, config.num_workers, client.store, out_dir, sink)
+    try:
+        loop = ElasticLoop(config, ctx, client)
+        holder["loop"] = loop
+        result = loop.run()
+    except RunFinished:
+        print(
+            f"farsync worker {client.slot}: the run finished before this worker could join", file=sys.stderr
+        )
+        client.leave(finished=False)
+        return 0
+    except Superseded as error:
+        print(f"farsync worker {client.slot}: {error}; exiting", file=sys.stderr)
+        return EXIT_SUPERSEDED
+    except JoinRefused as error:
+        print(f"farsync worker: {error}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+    client.leave(finished=True)
+    if out_dir is not None:
+        payload = {**vars(result), "elastic": loop.elastic_result()}
+        (out_dir / f"result.worker{client.slot}.json").write_text(json.dumps(payload) + "\n")
+    print(
+        f"farsync worker {client.slot}: finished at round {result.num_rounds}, eval loss "
+        f"{result.final_eval.get('eval_loss', float('nan')):.4f}, global sha {result.global_params_sha256[:12]}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 0
