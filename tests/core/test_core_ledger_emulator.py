@@ -13,12 +13,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from farsync.build import link_for_group
 from farsync.comm.background import BackgroundSync
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.cost import Collective, LinkModel, wire_bytes, wire_time
 from farsync.comm.ledger import ByteLedger
 from farsync.comm.reducer import MeanReducer
+from farsync.config import NetworkConfig
 from farsync.testing.ranks import run_ranks
 
 SLACK_S = 20.0
@@ -269,3 +271,17 @@ def test_background_sync_without_compute_costs_its_modeled_time() -> None:
     # Assert
     for modeled, blocked in results:
         assert modeled * 0.9 <= blocked <= modeled + SLACK_S
+
+
+def test_a_group_runs_at_its_slowest_members_rate_and_largest_latency() -> None:
+    # Prepare
+    network = NetworkConfig(
+        bandwidth="1Gbit", latency="10ms", worker_bandwidth={"2": "10Mbit"}, worker_latency={"1": "80ms"}
+    )
+    # Execute
+    everyone = link_for_group(network, [0, 1, 2, 3])
+    fast_pair = link_for_group(network, [0, 3])
+    # Assert
+    assert everyone == LinkModel(bandwidth_bps=1e7, latency_s=0.08)
+    assert fast_pair == LinkModel(bandwidth_bps=1e9, latency_s=0.01)
+    assert link_for_group(NetworkConfig(emulation="off"), [0, 1]) is None
