@@ -11,6 +11,7 @@ from parallel_helpers import TINY, losses, pipelined, records
 
 from farsync.config import load_config
 from farsync.launch.local import launch
+from farsync.parallel import pipeline_report
 
 TOLERANCE = 1e-4
 
@@ -55,6 +56,13 @@ def test_pipelined_run_follows_unpipelined_diloco(
     )
     assert summary["activation_bytes_per_worker"] > 0
     assert summary["num_params"] == flat_summary["num_params"]
+    # Each stage process holds about half of the parameters and of the inner and outer optimizer state.
+    report = pipeline_report(summary)
+    assert sum(row["param_bytes"] for row in report["stages"]) == 4 * flat_summary["num_params"]
+    assert report["max_stage_share"] == pytest.approx(report["ideal_share"], abs=0.02)
+    for row in report["stages"]:
+        assert row["inner_state_bytes"] >= 2 * row["param_bytes"]  # AdamW's two moments
+        assert row["outer_state_bytes"] >= 2 * row["param_bytes"]  # fp32 global weights and Nesterov momentum
 
 
 @pytest.mark.skipif(

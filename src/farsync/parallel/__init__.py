@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from farsync.parallel.mesh import Mesh, MeshGroups, build_mesh_groups, intra_link
 from farsync.parallel.pipeline import PipelineRunner, schedule_actions
-from farsync.parallel.report import pipeline_summary, stage_memory
+from farsync.parallel.report import pipeline_report, pipeline_summary, stage_memory
 
 __all__ = [
     "Mesh",
@@ -13,6 +13,7 @@ __all__ = [
     "PipelineRunner",
     "build_mesh_groups",
     "intra_link",
+    "pipeline_report",
     "pipeline_summary",
     "schedule_actions",
     "stage_memory",

@@ -15,7 +15,7 @@ from torch import nn
 
 from farsync.comm.cost import Collective, wire_bytes
 
-__all__ = ["pipeline_summary", "stage_memory", "tensor_bytes"]
+__all__ = ["pipeline_report", "pipeline_summary", "stage_memory", "tensor_bytes"]
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -93,4 +93,28 @@ def pipeline_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "intra_bandwidth_bps": results[0]["intra_bandwidth_bps"],
         "stages": per_stage,
         "max_stage_share": max(s["share_of_total"] for s in per_stage),
+        "unpipelined_worker_state_bytes": total,
+    }
+
+
+def pipeline_report(summary: dict[str, Any]) -> dict[str, Any]:
+    """What ``farsync bench dilocox`` shows for a pipelined run, from its ``summary.json``.
+
+    ``stages`` holds one row per stage (parameters, inner and outer optimizer state, the stage's share of
+    what one unpipelined worker would hold, slow-link sync bytes and fast-link activation bytes);
+    ``ideal_share`` is 1/S, to set against ``max_stage_share``.
+    """
+    if "stages" not in summary:
+        raise ValueError("pipeline_report needs the summary of a pipelined run (parallel.num_stages > 1)")
+    return {
+        "num_replicas": summary["num_replicas"],
+        "num_stages": summary["num_stages"],
+        "schedule": summary["schedule"],
+        "num_microbatches": summary["num_microbatches"],
+        "ideal_share": 1.0 / summary["num_stages"],
+        "max_stage_share": summary["max_stage_share"],
+        "unpipelined_worker_state_bytes": summary["unpipelined_worker_state_bytes"],
+        "sync_bytes_per_stage": summary["bytes_sent_per_stage"],
+        "activation_bytes_per_worker": summary["activation_bytes_per_worker"],
+        "stages": [dict(row) for row in summary["stages"]],
     }
