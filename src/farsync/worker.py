@@ -208,9 +208,13 @@ class _Loop:
         begin, blocked = self.clock.now(), self.ledger.blocked_s()
         loss = self.task.loss(self.model, x, y)
         loss.backward()  # type: ignore[no-untyped-call]
-        if self.config.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()  # the algorithm's hooks run inside this call
+        # Clip inside step(), after the algorithm's pre-step hook: DDP then clips the averaged gradient, as
+        # torch DDP does, instead of averaging gradients each worker clipped on its own.
+        clip = self.optimizer.register_step_pre_hook(lambda *_: self.clip_gradients())
+        try:
+            self.optimizer.step()  # the algorithm's hooks run inside this call
+        finally:
+            clip.remove()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         elapsed = self.clock.now() - begin
@@ -218,6 +222,10 @@ class _Loop:
         self.compute_s += elapsed - (self.ledger.blocked_s() - blocked)
         self.step += 1
         return float(loss.detach())
+
+    def clip_gradients(self) -> None:
+        if self.config.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
 
     def evaluate(self) -> dict[str, float]:
         with self.algorithm.evaluating() as model:
