@@ -45,7 +45,7 @@ from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.ledger import ByteLedger
 from farsync.config import ConfigError, RunConfig
-from farsync.models import GPT, gpt_stage
+from farsync.models import GPT, GPTStage, gpt_stage
 from farsync.parallel.mesh import Mesh, build_mesh_groups, intra_link
 from farsync.parallel.pipeline import PipelineRunner
 from farsync.parallel.report import stage_memory
@@ -86,7 +86,8 @@ class _PipelinedLoop(_Loop):
     """The core loop (:class:`farsync.worker._Loop`) with a stage module, two communicators and a pipelined
     inner step; rounds, checkpoints, resume and metrics are the core's."""
 
-    def __init__(self, config: RunConfig, ctx: WorkerContext) -> None:  # noqa: PLR0915 - wiring only
+    def __init__(self, config: RunConfig, ctx: WorkerContext) -> None:
+        # Sets the same attributes as the core loop's __init__, which its run/checkpoint methods rely on.
         self.config, self.ctx = config, ctx
         if config.model.kind != "gpt":
             raise ConfigError(
@@ -96,25 +97,7 @@ class _PipelinedLoop(_Loop):
         self.replica, self.stage = self.mesh.coordinate(ctx.rank)
         self.clock = Clock(config.network.emulation)
         self.ledger = ByteLedger(rank=ctx.rank)
-        with MODEL_INIT_LOCK:  # threads share the global RNG; never reseed it under another's model init
-            torch.manual_seed(config.seed)
-        self.task: Task = build_task(
-            config.model,
-            config.data,
-            batch_size=config.train.batch_size,
-            num_eval_batches=config.train.num_eval_batches,
-            rank=self.replica,
-            num_workers=self.mesh.num_replicas,
-            seed=config.seed,
-        )
-        full = self.task.model
-        assert isinstance(full, GPT)
-        self.model_num_params = sum(p.numel() for p in full.parameters())
-        # The stage shares its modules with the full model (identical initialisation to an unpipelined run);
-        # dropping the task's reference frees the other stages' layers.
-        self.model = gpt_stage(full, self.stage, self.mesh.num_stages).to(ctx.device)
-        self.task.model = self.model
-        del full
+        self.task, self.model = self._build_stage()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=config.train.lr,
@@ -122,32 +105,7 @@ class _PipelinedLoop(_Loop):
             weight_decay=config.train.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
-        groups = build_mesh_groups(
-            ctx.store,
-            ctx.group_prefix,
-            self.mesh,
-            ctx.rank,
-            device=ctx.device,
-            timeout_s=config.elastic.collective_timeout_s,
-        )
-        self.pipe_comm = Communicator(
-            groups.pipeline,
-            self.stage,
-            self.mesh.num_stages,
-            ledger=self.ledger,
-            clock=self.clock,
-            link=intra_link(config.network),
-            channel=ACTIVATIONS,
-        )
-        self.comm = Communicator(
-            groups.sync,
-            self.replica,
-            self.mesh.num_replicas,
-            ledger=self.ledger,
-            clock=self.clock,
-            link=link_for_group(config.network, self.mesh.sync_members(self.stage)),
-            channel=SYNC,
-        )
+        self.pipe_comm, self.comm = self._build_communicators()
         self.algorithm: Algorithm = build_algorithm(
             config, self.model, self.optimizer, self.comm, build_reducer(config, self.comm), self.task
         )
@@ -163,6 +121,60 @@ class _PipelinedLoop(_Loop):
         self.train_s = 0.0
         self.round_losses: list[float] = []
         self.last_eval: dict[str, float] = {}
+
+    def _build_stage(self) -> tuple[Task, GPTStage]:
+        """The replica's task (data shard ``replica`` of R) and this stage's slice of the model."""
+        config = self.config
+        with MODEL_INIT_LOCK:  # threads share the global RNG; never reseed it under another's model init
+            torch.manual_seed(config.seed)
+        task = build_task(
+            config.model,
+            config.data,
+            batch_size=config.train.batch_size,
+            num_eval_batches=config.train.num_eval_batches,
+            rank=self.replica,
+            num_workers=self.mesh.num_replicas,
+            seed=config.seed,
+        )
+        full = task.model
+        assert isinstance(full, GPT)
+        self.model_num_params = sum(p.numel() for p in full.parameters())
+        # The stage shares its modules with the full model (identical initialisation to an unpipelined run);
+        # replacing the task's reference frees the other stages' layers.
+        stage = gpt_stage(full, self.stage, self.mesh.num_stages).to(self.ctx.device)
+        task.model = stage
+        return task, stage
+
+    def _build_communicators(self) -> tuple[Communicator, Communicator]:
+        """The pipeline communicator (fast link, "activations") and the sync communicator (slow link, "sync")."""
+        config, ctx = self.config, self.ctx
+        groups = build_mesh_groups(
+            ctx.store,
+            ctx.group_prefix,
+            self.mesh,
+            ctx.rank,
+            device=ctx.device,
+            timeout_s=config.elastic.collective_timeout_s,
+        )
+        pipeline = Communicator(
+            groups.pipeline,
+            self.stage,
+            self.mesh.num_stages,
+            ledger=self.ledger,
+            clock=self.clock,
+            link=intra_link(config.network),
+            channel=ACTIVATIONS,
+        )
+        sync = Communicator(
+            groups.sync,
+            self.replica,
+            self.mesh.num_replicas,
+            ledger=self.ledger,
+            clock=self.clock,
+            link=link_for_group(config.network, self.mesh.sync_members(self.stage)),
+            channel=SYNC,
+        )
+        return pipeline, sync
 
     # ------------------------------------------------------------------------------------- metrics
     def emit(self, record: dict[str, Any]) -> None:
