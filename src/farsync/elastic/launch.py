@@ -56,6 +56,22 @@ def _worker_entry(
     os._exit(code)
 
 
+def _warm_up(config: RunConfig) -> None:
+    """Runs one tiny inner and outer optimizer step here, so forked workers inherit torch's lazily imported
+    machinery (the first ``optimizer.step()`` imports a lot) instead of each paying for it while their
+    heartbeat thread starves."""
+    import torch
+
+    from farsync.task import build_model
+
+    model = build_model(config.model) if config.model.kind == "gpt" else torch.nn.Linear(2, 2)
+    inputs = torch.zeros(1, 2, dtype=torch.long) if config.model.kind == "gpt" else torch.zeros(1, 2)
+    model(inputs).float().sum().backward()
+    params = list(model.parameters())
+    torch.optim.AdamW(params, lr=1e-6).step()
+    torch.optim.SGD(params, lr=1e-6, momentum=0.9, nesterov=True).step()
+
+
 class WorkerPool:
     """Worker processes by slot: start, SIGKILL, poll (the :class:`~farsync.testing.faults.Processes` interface).
 
@@ -135,6 +151,7 @@ def launch_elastic(
     config_path.write_text(config_to_toml(config))
     token_path = out_dir / "token"
     token = read_token(token_path) if token_path.is_file() else write_token(token_path)
+    _warm_up(config)
     store = open_store("127.0.0.1", 0, 1, is_master=True)
     coordinator = Coordinator(store, token=token, min_workers=config.elastic.min_workers)
     thread = coordinator.start_thread()

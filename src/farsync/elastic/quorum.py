@@ -121,6 +121,7 @@ class QuorumBook:
         self.broken = False
         self.finished = False
         self.events: list[dict[str, Any]] = []
+        self._born = clock()
         self.num_quorum_changes = 0
         self.worker_failures = 0
         self._failure_notes: list[str] = []
@@ -175,10 +176,13 @@ class QuorumBook:
     def alive(self, slot: int) -> bool:
         return slot in self.admitted and self.liveness.is_alive(slot)
 
+    def _event(self, event: dict[str, Any]) -> None:
+        self.events.append({**event, "time_s": round(self.clock() - self._born, 3)})
+
     def _fail(self, slot: int, why: str) -> None:
         self.worker_failures += 1
         self._failure_notes.append(f"{slot} {why}")
-        self.events.append({"kind": "failure", "worker": slot, "reason": why, "boundary": self.boundary})
+        self._event({"kind": "failure", "worker": slot, "reason": why, "boundary": self.boundary})
         logger.warning("worker %d lost: %s", slot, why)
         self.admitted.pop(slot, None)
         self.liveness.forget(slot)
@@ -242,7 +246,7 @@ class QuorumBook:
         self.boundary = commit.decision.boundary + 1
         if not ok:
             self.broken = True
-            self.events.append(
+            self._event(
                 {
                     "kind": "retry",
                     "boundary": commit.decision.boundary,
@@ -298,7 +302,7 @@ class QuorumBook:
             self.quorum_id += 1
             if self.current is not None:
                 self.num_quorum_changes += 1
-            self.events.append(
+            self._event(
                 {
                     "kind": "quorum",
                     "quorum_id": self.quorum_id,
