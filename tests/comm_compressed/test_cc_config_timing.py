@@ -54,3 +54,5 @@ def test_compare_allreduce_reports_rates_and_compressed_bytes() -> None:
     assert fp32["bytes_sent"] == 4 * 8192  # 2 (n-1)/n of 32 KiB at n = 2
     assert int8["bytes_sent"] == 8192 + 4 * 8192 // 64
     assert int8["fp32_equivalent_bytes_per_s"] > 0 and set(result["speedup"]) == {"fp32", "int8"}
+    # The link alone: 4 bytes per value against 1 + 4/64 (codes plus one fp32 scale per 64-value block).
+    assert result["link_speedup"]["int8"] == pytest.approx(4 / (1 + 4 / 64))

@@ -9,11 +9,20 @@ emulated link would give, and a 100 Mbit/s comparison of a 4 MB vector finishes 
 work between messages (encoding, decoding, adding) is real time on the clock and is counted: it is hidden
 only where the ring overlaps it with a message still on the wire. ``Clock("sleep")`` gives the same numbers
 in wall-clock time, only slower.
+
+Because real time counts, a host that runs several ranks on few, busy cores makes the ring look slower than
+the link would: a rank starved of CPU posts its next message late. So every result also carries two
+figures that separate the link from the host: ``link_seconds``, the time the emulated link alone needs for
+the bytes this rank sent (``bytes_sent / rate + 2 (n-1) * latency``), and ``cpu_seconds``, the CPU time of
+the calling thread (encoding, decoding, adding; gloo's own threads are not included). With the pipelined
+ring a rank that has a core to itself takes about ``max(link_seconds, cpu_seconds)``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any, Literal
 
 import torch
@@ -45,8 +54,9 @@ def time_allreduce(
     ``kind="fp32"`` is gloo's own all-reduce of the float32 vector (``comm.all_reduce``); ``"ring_fp32"`` is
     the ring of this package carrying float32; the other kinds are the ring with that wire codec.
 
-    Returns ``seconds`` (mean per all-reduce on ``comm.clock``), ``fp32_equivalent_bytes_per_s``
-    (``4 numel / seconds``) and ``bytes_sent`` (this rank's wire bytes per all-reduce, from the ledger).
+    Returns, per all-reduce: ``seconds`` (mean on ``comm.clock``), ``fp32_equivalent_bytes_per_s``
+    (``4 numel / seconds``), ``bytes_sent`` (this rank's wire bytes, from the ledger), ``link_seconds`` and
+    ``cpu_seconds`` (module docstring).
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1")
@@ -63,15 +73,22 @@ def time_allreduce(
     once()  # warm-up (first-call allocations and dispatch), not timed
     comm.barrier()
     bytes_before = comm.ledger.bytes_sent(comm.channel)
-    start = comm.clock.now()
+    start, cpu_start = comm.clock.now(), time.thread_time()
     for _ in range(repeats):
         once()
     seconds = (comm.clock.now() - start) / repeats
+    cpu_seconds = (time.thread_time() - cpu_start) / repeats
     bytes_sent = (comm.ledger.bytes_sent(comm.channel) - bytes_before) / repeats
+    link = comm.link
+    link_seconds = 0.0
+    if link is not None and comm.world_size > 1:
+        link_seconds = bytes_sent / link.bytes_per_s + 2 * (comm.world_size - 1) * link.latency_s
     return {
         "seconds": seconds,
         "fp32_equivalent_bytes_per_s": 4 * numel / seconds if seconds > 0 else float("inf"),
         "bytes_sent": bytes_sent,
+        "link_seconds": link_seconds,
+        "cpu_seconds": cpu_seconds,
     }
 
 
@@ -90,7 +107,9 @@ def compare_allreduce(
     """Times every kind in ``kinds`` on ``world_size`` threaded gloo ranks sharing one emulated link.
 
     Returns ``{"setup": {...}, "kinds": {kind: time_allreduce result of the slowest rank}, "speedup":
-    {kind: fp32 seconds / kind seconds}}``; ``speedup`` needs ``"fp32"`` in ``kinds``.
+    {kind: fp32 seconds / kind seconds}, "link_speedup": {kind: fp32 link_seconds / kind link_seconds}}``;
+    the speedups need ``"fp32"`` in ``kinds``. ``setup`` records the host's CPU count and load average, which
+    bound how fast in-process ranks can go (module docstring).
     """
     from farsync.testing.ranks import run_ranks  # the thread launcher; imported here to keep comm/ light
 
@@ -108,9 +127,13 @@ def compare_allreduce(
 
     per_rank = run_ranks(on_rank, world_size, prefix="allreduce-timing")
     slowest = {kind: max((r[kind] for r in per_rank), key=lambda x: x["seconds"]) for kind in kinds}
-    speedup = {}
+    speedup: dict[str, float] = {}
+    link_speedup: dict[str, float] = {}
     if "fp32" in slowest:
-        speedup = {kind: slowest["fp32"]["seconds"] / result["seconds"] for kind, result in slowest.items()}
+        fp32 = slowest["fp32"]
+        speedup = {kind: fp32["seconds"] / result["seconds"] for kind, result in slowest.items()}
+        if fp32["link_seconds"] > 0:
+            link_speedup = {kind: fp32["link_seconds"] / r["link_seconds"] for kind, r in slowest.items()}
     setup = {
         "world_size": world_size,
         "numel": numel,
@@ -120,6 +143,8 @@ def compare_allreduce(
         "block_size": block_size,
         "num_pieces": num_pieces,
         "clock": clock_mode,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
     }
     logger.info("all-reduce timing %s: speedup over fp32 %s", setup, speedup)
-    return {"setup": setup, "kinds": slowest, "speedup": speedup}
+    return {"setup": setup, "kinds": slowest, "speedup": speedup, "link_speedup": link_speedup}

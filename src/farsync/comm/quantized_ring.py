@@ -50,7 +50,6 @@ __all__ = ["RING_KINDS", "quantized_ring_all_reduce", "ring_bytes_sent", "ring_c
 logger = logging.getLogger(__name__)
 
 RING_KINDS = ("fp32", "int8", "int4", "fp16", "bf16", "uint8_lookup")
-_REDUCE_SCATTER, _ALL_GATHER = 0, 1
 
 
 def ring_chunks(numel: int, world_size: int, block_size: int, num_pieces: int) -> list[list[tuple[int, int]]]:
@@ -109,8 +108,14 @@ class _LinkPacer:
 @dataclass
 class _InFlight:
     handle: Handle[torch.Tensor]
+    step: int
     chunk: int
     piece: int
+
+
+# One step: (chunk sent right, chunk received from the left, message_for(chunk, piece),
+# on_receive(chunk, piece, message)).
+_Step = tuple[int, int, Callable[[int, int], torch.Tensor], Callable[[int, int, torch.Tensor], None]]
 
 
 class _Ring:
@@ -125,32 +130,25 @@ class _Ring:
         self.outgoing, self.incoming = _LinkPacer(comm), _LinkPacer(comm)
         self.sends: list[Handle[torch.Tensor]] = []
 
-    def run_phase(
-        self,
-        phase: int,
-        send_chunk: Callable[[int], int],
-        message_for: Callable[[int, int, int], torch.Tensor],
-        on_receive: Callable[[int, int, torch.Tensor], None],
-    ) -> None:
-        """``n - 1`` steps; step ``s`` sends ``send_chunk(s)`` right and receives ``send_chunk(s + 1)`` from left.
+    def run(self, steps: list[_Step]) -> None:
+        """Every step sends one chunk to the right and receives one from the left, piece by piece.
 
-        ``message_for(step, chunk, piece)`` is called only once the piece it depends on (received at the
-        previous step) has been handed to ``on_receive(chunk, piece, message)``.
+        One pipeline over all steps (reduce-scatter and all-gather alike): ``message_for`` of step ``s`` for
+        a piece runs as soon as that piece has arrived at step ``s - 1`` and been handed to that step's
+        ``on_receive``, while the other pieces of step ``s - 1`` may still be on the wire.
         """
         right, left = (self.rank + 1) % self.n, (self.rank - 1) % self.n
-        previous: list[_InFlight] = []
-        for step in range(self.n - 1):
-            chunk_out, chunk_in = send_chunk(step), send_chunk(step + 1)
-            arrived = {(f.chunk, f.piece): f for f in previous}
-            current: list[_InFlight] = []
+        previous: dict[tuple[int, int], _InFlight] = {}
+        for step, (chunk_out, chunk_in, message_for, _) in enumerate(steps):
+            current: dict[tuple[int, int], _InFlight] = {}
             for piece in range(self.num_pieces):
-                depends_on = arrived.pop((chunk_out, piece), None)
+                depends_on = previous.pop((chunk_out, piece), None)
                 if depends_on is not None:
-                    self._finish(depends_on, on_receive)
+                    self._finish(depends_on, steps)
+                tag = step * self.num_pieces + piece
                 start, stop = self.chunks[chunk_out][piece]
-                tag = (phase * self.n + step) * self.num_pieces + piece
                 if stop > start:
-                    message = message_for(step, chunk_out, piece)
+                    message = message_for(chunk_out, piece)
                     handle = self.comm.send(message, right, tag)
                     self.outgoing.pace(handle, message.numel(), arriving=False)
                     self.sends.append(handle)
@@ -160,20 +158,18 @@ class _Ring:
                     buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
                     handle = self.comm.recv(buffer, left, tag)
                     self.incoming.pace(handle, buffer.numel(), arriving=True)
-                    current.append(_InFlight(handle, chunk_in, piece))
-            for leftover in arrived.values():
-                self._finish(leftover, on_receive)
+                    current[(chunk_in, piece)] = _InFlight(handle, step, chunk_in, piece)
+            for leftover in previous.values():
+                self._finish(leftover, steps)
             previous = current
-        for in_flight in previous:
-            self._finish(in_flight, on_receive)
-
-    def _finish(self, in_flight: _InFlight, on_receive: Callable[[int, int, torch.Tensor], None]) -> None:
-        on_receive(in_flight.chunk, in_flight.piece, in_flight.handle.wait())
-
-    def wait_sends(self) -> None:
+        for in_flight in previous.values():
+            self._finish(in_flight, steps)
         for handle in self.sends:
             handle.wait()
-        self.sends.clear()
+
+    def _finish(self, in_flight: _InFlight, steps: list[_Step]) -> None:
+        on_receive = steps[in_flight.step][3]
+        on_receive(in_flight.chunk, in_flight.piece, in_flight.handle.wait())
 
 
 def _resolve_codec(bits: int | str, block_size: int, codec: WireCodec | None) -> WireCodec:
@@ -221,25 +217,23 @@ def quantized_ring_all_reduce(
         start, stop = ring.chunks[chunk][piece]
         return slice(start, stop)
 
-    def encode_partial(step: int, chunk: int, piece: int) -> torch.Tensor:
+    def encode_partial(chunk: int, piece: int) -> torch.Tensor:
         return wire.encode(values[piece_range(chunk, piece)])
 
     def accumulate(chunk: int, piece: int, message: torch.Tensor) -> None:
         part = piece_range(chunk, piece)
         values[part] += wire.decode(message, part.stop - part.start)
 
-    ring.run_phase(_REDUCE_SCATTER, lambda step: (rank - step) % n, encode_partial, accumulate)
-
-    # The owner encodes its full sum once; everyone, the owner too, decodes that same message.
-    owned = (rank + 1) % n
     finals: dict[tuple[int, int], torch.Tensor] = {}
-    for piece in range(num_pieces):
-        part = piece_range(owned, piece)
-        if part.stop > part.start:
-            finals[(owned, piece)] = wire.encode(values[part])
-            values[part] = wire.decode(finals[(owned, piece)], part.stop - part.start)
 
-    def forward(step: int, chunk: int, piece: int) -> torch.Tensor:
+    def encode_final(chunk: int, piece: int) -> torch.Tensor:
+        # The owner encodes its full sum once; everyone, the owner too, decodes that same message.
+        part = piece_range(chunk, piece)
+        finals[(chunk, piece)] = wire.encode(values[part])
+        values[part] = wire.decode(finals[(chunk, piece)], part.stop - part.start)
+        return finals[(chunk, piece)]
+
+    def forward(chunk: int, piece: int) -> torch.Tensor:
         return finals[(chunk, piece)]
 
     def adopt(chunk: int, piece: int, message: torch.Tensor) -> None:
@@ -247,8 +241,14 @@ def quantized_ring_all_reduce(
         finals[(chunk, piece)] = message
         values[part] = wire.decode(message, part.stop - part.start)
 
-    ring.run_phase(_ALL_GATHER, lambda step: (rank + 1 - step) % n, forward, adopt)
-    ring.wait_sends()
+    # Rank r sends what its left neighbour sent one step earlier, so it receives chunk (its own chunk - 1).
+    reduce_scatter: list[_Step] = [
+        ((rank - s) % n, (rank - s - 1) % n, encode_partial, accumulate) for s in range(n - 1)
+    ]
+    all_gather: list[_Step] = [
+        ((rank + 1 - s) % n, (rank - s) % n, forward if s else encode_final, adopt) for s in range(n - 1)
+    ]
+    ring.run(reduce_scatter + all_gather)
     if op == "avg":
         values /= n
     return values.reshape(vector.shape)
