@@ -89,3 +89,36 @@ def test_bytes_per_worker_about_twice_the_update() -> None:
         expected = (WORLD - 1) * shard_bytes + (WORLD - 1) * (shard_bytes + 4 * WORLD) + (WORLD - 1) * 48
         assert exchanged == expected
         assert exchanged < 2 * 4 * NUMEL + (WORLD - 1) * (4 * WORLD + 48) + 2 * 4 * WORLD
+
+
+def test_compressed_shards_are_decoded_before_the_rule() -> None:
+    # Prepare: the full reducer stack, as build.py makes it, with int8 shards on the wire.
+    from farsync.build import build_reducer
+    from farsync.config import load_config
+
+    config = load_config(
+        None,
+        [
+            f"num_workers={WORLD}",
+            "aggregation.rule=median",
+            "compression.kind=int8",
+            "compression.block_size=8",
+        ],
+    )
+    stack = updates()
+
+    def body(rank: int, world: int, group: Any, store: Any) -> Any:
+        comm = Communicator(group, rank, world)
+        reducer = build_reducer(config, comm)
+        result = reducer(named(stack[rank]))
+        return torch.cat([t.reshape(-1) for t in result.values()]), comm.ledger.to_dict()["entries"]
+
+    # Execute
+    results = run_ranks(body, WORLD, prefix="compressed")
+    # Assert: close to the central rule (int8 rounding), and the all-to-all carried ~1 byte per value.
+    expected = central("median", stack, AggregationConfig(rule="median"))
+    first = results[0][0]
+    for vector, entries in results:
+        assert torch.equal(vector, first)
+        assert entries["sync/all_to_all"]["payload_bytes"] < 4 * 4 * ShardLayout(NUMEL, WORLD).shard_size
+    torch.testing.assert_close(first, expected, atol=0.1, rtol=0.05)

@@ -106,20 +106,24 @@ class _Strike:
 class StrikeBook:
     """Per-worker record of rejected updates; a worker with ``max_strikes`` strikes is excluded for good.
 
-    Each strike is logged as a warning naming the worker and the reason, and exclusion once more. Strikes
+    Each strike is logged as a warning naming the worker and the reason, and exclusion once more (``log=False``
+    keeps a book quiet, e.g. on all but one of many workers that keep identical books). Strikes
     are never forgiven; a checkpoint carries them through :meth:`state_dict` and :meth:`load_state_dict`.
     """
 
-    def __init__(self, max_strikes: int) -> None:
+    def __init__(self, max_strikes: int, *, log: bool = True) -> None:
         if isinstance(max_strikes, bool) or not isinstance(max_strikes, int) or max_strikes < 1:
             raise ValueError(f"max_strikes must be an integer >= 1, got {max_strikes!r}")
         self.max_strikes = max_strikes
+        self.log = log
         self._strikes: dict[int, list[_Strike]] = {}
 
     def record(self, worker: int, round: int, reason: str) -> bool:
         """Record a strike against ``worker`` in ``round``; return ``True`` if the worker is now excluded."""
         strikes = self._strikes.setdefault(worker, [])
         strikes.append(_Strike(round=round, reason=reason))
+        if not self.log:
+            return self.is_excluded(worker)
         logger.warning(
             "worker %d strike %d/%d in round %d: %s", worker, len(strikes), self.max_strikes, round, reason
         )

@@ -57,7 +57,8 @@ class ShardLayout:
             raise ValueError(f"vector has {vector.numel()} values, layout expects {self.numel}")
         padded = vector.new_zeros(self.shard_size * self.num_shards)
         padded[: self.numel] = vector.reshape(-1)
-        return list(padded.split(self.shard_size))
+        size = self.shard_size
+        return [padded[j * size : (j + 1) * size] for j in range(self.num_shards)]
 
     def join(self, shards: list[torch.Tensor]) -> torch.Tensor:
         """The inverse of :meth:`split`: concatenate and drop the padding."""

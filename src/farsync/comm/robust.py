@@ -159,7 +159,8 @@ class RobustReducer(Reducer):
         self.aggregator = ShardAggregator(config, adaptive_tau=config.adaptive_tau)
         self.codec = codec if codec is not None else WireCodec()
         self.gather_codec = gather_codec if gather_codec is not None else self.codec
-        self.strikes = StrikeBook(config.max_strikes)
+        # Every worker keeps an identical book; one of them is enough in the log.
+        self.strikes = StrikeBook(config.max_strikes, log=comm.rank == 0)
         lossless = isinstance(self.codec.compressor, Identity)
         self.shard_slack = _SHARD_SLACK_EXACT if lossless else _SHARD_SLACK_LOSSY
         self.round = 0
@@ -253,8 +254,6 @@ class RobustReducer(Reducer):
 
     def _strike(self, worker: int, reason: str) -> None:
         self.last_rejected[worker] = reason
-        if self.comm.rank == 0:
-            logger.warning("round %d: update of worker %d rejected: %s", self.round, worker, reason)
         self.strikes.record(worker, self.round, reason)
 
     # -------------------------------------------------------------------------------------- checkpoints
