@@ -14,7 +14,7 @@ receives into a float32 buffer. This module builds that ring from the communicat
    So every rank ends with bitwise-identical values, which DiLoCo needs: each worker applies the outer step
    to the same average, and a rank that kept its own undecoded sum would drift from the others.
 
-Each rank sends ``2 (n - 1)`` chunk messages, so the ledger records about ``2 (n-1)/n`` times the encoded
+Each rank sends ``2 (n - 1)`` chunks (as ``num_pieces`` messages each), so the ledger records about ``2 (n-1)/n`` times the encoded
 size of the whole vector (exactly :func:`ring_bytes_sent`).
 
 Ordering and deadlocks: at every step a rank posts its send to the right and its receive from the left
@@ -22,8 +22,8 @@ before waiting on either (gloo's point-to-point calls are asynchronous), so no r
 itself blocked in a send. Every message has its own tag.
 
 Pipelining and the link model: each chunk is further cut into ``num_pieces`` pieces, and a piece moves to
-the next step as soon as it has arrived, so decoding and encoding one piece overlaps the transfer of the
-next. A rank's outgoing link carries one message at a time: piece ``k`` starts on the emulated wire when
+the next step as soon as it has arrived (also from the last reduce-scatter step into the first all-gather
+step), so decoding and encoding one piece overlaps the transfer of the next. A rank's outgoing link carries one message at a time: piece ``k`` starts on the emulated wire when
 piece ``k-1`` has left (``bytes / rate`` each), and arrives one latency later. Incoming messages are paced
 the same way on the receiving link (links are full duplex), assuming the left neighbour runs the same
 schedule, as the communicator's ``recv`` already does. A step therefore costs one message's time, not two.
