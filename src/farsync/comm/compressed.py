@@ -152,7 +152,8 @@ class RingReducer(_CompressedReducer):
     def _weighted_sum(self, values: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
         block = self.codec.block_size
         if block > 1:
-            # The weight gets a block of its own, so its code is exact and it cannot coarsen other values.
+            # The weight gets a block of its own: its code is exact up to rounding and it cannot coarsen
+            # the scale of any other value.
             padded = math.ceil(values.numel() / block) * block
             packed = values.new_zeros(padded + block)
             packed[: values.numel()] = values * weight
