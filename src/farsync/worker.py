@@ -124,22 +124,7 @@ class _Loop:
             self.model.parameters(), lr=config.train.lr, betas=(0.9, 0.95), weight_decay=config.train.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
-        group = make_group(
-            ctx.store,
-            f"{ctx.group_prefix}/sync",
-            ctx.rank,
-            ctx.world_size,
-            device=ctx.device,
-            timeout_s=config.elastic.collective_timeout_s,
-        )
-        self.comm = Communicator(
-            group,
-            ctx.rank,
-            ctx.world_size,
-            ledger=self.ledger,
-            clock=self.clock,
-            link=link_for_group(config.network, list(range(ctx.world_size))),
-        )
+        self.comm = self.make_communicator()
         self.algorithm: Algorithm = build_algorithm(
             config, self.model, self.optimizer, self.comm, build_reducer(config, self.comm), self.task
         )
@@ -148,6 +133,26 @@ class _Loop:
         self.train_s = 0.0
         self.round_losses: list[float] = []
         self.last_eval: dict[str, float] = {}
+
+    def make_communicator(self) -> Communicator:
+        """The communicator the algorithm synchronises over (the elastic loop overrides it with its own)."""
+        ctx = self.ctx
+        group = make_group(
+            ctx.store,
+            f"{ctx.group_prefix}/sync",
+            ctx.rank,
+            ctx.world_size,
+            device=ctx.device,
+            timeout_s=self.config.elastic.collective_timeout_s,
+        )
+        return Communicator(
+            group,
+            ctx.rank,
+            ctx.world_size,
+            ledger=self.ledger,
+            clock=self.clock,
+            link=link_for_group(self.config.network, list(range(ctx.world_size))),
+        )
 
     # ---------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

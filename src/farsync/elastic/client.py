@@ -24,17 +24,19 @@ import hashlib
 import json
 import logging
 import secrets
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from farsync.comm.groups import open_store
 from farsync.elastic.heartbeat import HeartbeatSender
 from farsync.elastic.token import make_proof
+
+if TYPE_CHECKING:  # torch.distributed re-exports these only at runtime; the stubs live in torch._C
+    from torch._C._distributed_c10d import Store, TCPStore
 
 __all__ = ["CoordinatorClient", "JoinRefused", "RunFinished", "Superseded", "config_digest", "parse_address"]
 
@@ -110,12 +112,14 @@ class CoordinatorClient:
         self.store = self.connect()
 
     # ----------------------------------------------------------------------------------- connection
-    def connect(self) -> dist.TCPStore:
+    def connect(self) -> TCPStore:
         """A new store connection; retries (saying so) until the coordinator answers or the time is up."""
         deadline = time.monotonic() + self.connect_timeout_s
         announced = False
         while True:
             try:
+                # Probe with a plain socket first: a TCPStore client that cannot connect logs C++ stack traces.
+                socket.create_connection((self.host, self.port), timeout=1.0).close()
                 store = open_store(self.host, self.port, 1, is_master=False, timeout_s=5.0)
                 if store.check(["coord/epoch"]):
                     return store
@@ -130,10 +134,10 @@ class CoordinatorClient:
                 announced = True
             time.sleep(0.2)
 
-    def _epoch(self, store: dist.Store) -> str:
-        return store.get("coord/epoch").decode()
+    def _epoch(self, store: Store) -> str:
+        return bytes(store.get("coord/epoch")).decode()
 
-    def register(self, store: dist.Store) -> None:
+    def register(self, store: Store) -> None:
         """Joins (again) if the coordinator on ``store`` has not admitted this incarnation yet."""
         with self._lock:
             epoch = self._epoch(store)
@@ -163,7 +167,7 @@ class CoordinatorClient:
 
     def _request(
         self,
-        store: dist.Store,
+        store: Store,
         message: dict[str, Any],
         epoch: str,
         on_wait: Callable[[float], None] | None = None,
@@ -227,7 +231,7 @@ class CoordinatorClient:
             raise self._heartbeat.error
 
     # ----------------------------------------------------------------------------------- heartbeat
-    def _beat_now(self, store: dist.Store) -> None:
+    def _beat_now(self, store: Store) -> None:
         self._sequence += 1
         round_index, step = self.progress()
         value = {
@@ -238,7 +242,7 @@ class CoordinatorClient:
         }
         store.set(f"hb/{self.slot}", json.dumps(value))
 
-    def _beat(self, store: dist.Store) -> None:
+    def _beat(self, store: Store) -> None:
         if self._epoch(store) != self.epoch:
             self.register(store)
         self._beat_now(store)

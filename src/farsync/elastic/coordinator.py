@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
@@ -30,6 +30,9 @@ from farsync.comm.groups import open_store
 from farsync.elastic.client import INBOX
 from farsync.elastic.quorum import Arrival, QuorumBook, Reply
 from farsync.elastic.token import check_proof, read_token
+
+if TYPE_CHECKING:  # torch.distributed re-exports these only at runtime; the stubs live in torch._C
+    from torch._C._distributed_c10d import Store
 
 __all__ = ["Coordinator", "serve"]
 
@@ -49,7 +52,7 @@ class Coordinator:
 
     def __init__(
         self,
-        store: dist.Store,
+        store: Store,
         *,
         token: bytes | None,
         min_workers: int = 1,

@@ -45,7 +45,10 @@ logger = logging.getLogger(__name__)
 class ElasticTarget(Protocol):
     """The worker state the elastic reducer reads and heals (implemented by the elastic worker loop)."""
 
-    outer: OuterState
+    @property
+    def outer(self) -> OuterState:
+        """The DiLoCo outer state (global weights and outer momentum) healing sends and receives."""
+        ...
 
     def arrival_state(self, pending: bool) -> dict[str, Any]:
         """``round``, ``step`` (inner steps done at this boundary) and ``sha`` of the global weights."""
@@ -216,7 +219,7 @@ class ElasticReducer(Reducer):
         group, self.group, self.group_key = self.group, None, None
         if group is not None and abort:
             try:
-                group.abort()  # type: ignore[attr-defined]
+                group.abort()
             except (RuntimeError, AttributeError) as error:
                 logger.debug("abort of a broken group failed: %s", error)
 

@@ -33,11 +33,9 @@ from typing import Any
 import torch
 
 from farsync.algorithms.diloco import DiLoCo, OuterState
-from farsync.build import build_algorithm, build_reducer
+from farsync.build import build_reducer
 from farsync.checkpoint import find_latest, load_worker_state, prune, save_worker_state
-from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
-from farsync.comm.ledger import ByteLedger
 from farsync.config import ConfigError, RunConfig, config_to_toml
 from farsync.elastic.client import (
     CoordinatorClient,
@@ -50,7 +48,6 @@ from farsync.elastic.client import (
 from farsync.elastic.quorum import Decision
 from farsync.elastic.reducer import ElasticReducer
 from farsync.elastic.token import read_token
-from farsync.task import build_task
 from farsync.worker import WorkerContext, _Loop, lr_lambda
 
 __all__ = ["EXIT_REFUSED", "ElasticLoop", "check_elastic_config", "join"]
@@ -78,34 +75,13 @@ def check_elastic_config(config: RunConfig) -> None:
 class ElasticLoop(_Loop):
     """:class:`farsync.worker._Loop` whose synchronisation goes through an :class:`ElasticReducer`.
 
-    The construction mirrors ``_Loop.__init__`` except for the communicator: this loop owns only a
-    world-size-1 communicator, and the reducer builds one per quorum. ``ctx.rank`` is the worker's slot and
-    ``ctx.world_size`` the configured number of slots (data shards).
+    This loop owns only a world-size-1 communicator; the reducer builds one per quorum. ``ctx.rank`` is the
+    worker's slot and ``ctx.world_size`` the configured number of slots (data shards).
     """
 
     def __init__(self, config: RunConfig, ctx: WorkerContext, client: CoordinatorClient) -> None:
-        self.config, self.ctx, self.client = config, ctx, client
-        self.clock = Clock(config.network.emulation)
-        self.ledger = ByteLedger(rank=ctx.rank)
-        torch.manual_seed(config.seed)
-        self.task = build_task(
-            config.model,
-            config.data,
-            batch_size=config.train.batch_size,
-            num_eval_batches=config.train.num_eval_batches,
-            rank=ctx.rank,
-            num_workers=ctx.world_size,
-            seed=config.seed,
-        )
-        self.model = self.task.model.to(ctx.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=config.train.lr,
-            betas=(0.9, 0.95),
-            weight_decay=config.train.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
-        self.comm = Communicator(None, 0, 1, ledger=self.ledger, clock=self.clock, link=None)
+        self.client = client
+        super().__init__(config, ctx)
         self.reducer = ElasticReducer(
             self.comm,
             client=client,
@@ -113,20 +89,19 @@ class ElasticLoop(_Loop):
             build_inner=lambda comm: build_reducer(config, comm),
             sink=self.emit,
         )
-        algorithm = build_algorithm(config, self.model, self.optimizer, self.comm, self.reducer, self.task)
-        assert isinstance(algorithm, DiLoCo)
-        self.algorithm: DiLoCo = algorithm
+        assert isinstance(self.algorithm, DiLoCo), "check_elastic_config admits the DiLoCo family only"
+        self.diloco: DiLoCo = self.algorithm
+        self.diloco.reducer = self.reducer
         self.reducer.target = self
-        self.step = 0
-        self.compute_s = 0.0
-        self.train_s = 0.0
-        self.round_losses: list[float] = []
-        self.last_eval: dict[str, float] = {}
+
+    def make_communicator(self) -> Communicator:
+        # No fixed group: the elastic reducer builds one per quorum over this communicator's ledger and clock.
+        return Communicator(None, 0, 1, ledger=self.ledger, clock=self.clock, link=None)
 
     # ------------------------------------------------------------------------- ElasticTarget protocol
     @property
     def outer(self) -> OuterState:
-        return self.algorithm.outer
+        return self.diloco.outer
 
     def arrival_state(self, pending: bool) -> dict[str, Any]:
         # Inside the optimizer hook the loop has not counted the step that ended the round yet.
@@ -136,7 +111,7 @@ class ElasticLoop(_Loop):
     def on_healed(self, decision: Decision, pending: bool) -> None:
         self.algorithm.round = decision.round
         self.algorithm.inner_step = decision.step
-        self.algorithm.steps_in_round = 0
+        self.diloco.steps_in_round = 0
         self._set_step(decision.step - 1 if pending else decision.step)
         self.optimizer.state.clear()  # inner AdamW moments start from zero (see farsync.elastic.healing)
         self._reseed_batches(decision.round)
@@ -167,12 +142,12 @@ class ElasticLoop(_Loop):
         decision, averaged = self.reducer.synchronise(zeros, 0.0, pending=False)
         round_index = decision.round
         if averaged is not None:
-            self.algorithm.outer.step(averaged)  # the members' outer step of this boundary, applied here too
+            self.diloco.outer.step(averaged)  # the members' outer step of this boundary, applied here too
             round_index += 1
         self.algorithm.round, self.algorithm.inner_step = round_index, decision.step
-        self.algorithm.steps_in_round = 0
+        self.diloco.steps_in_round = 0
         self._set_step(decision.step)
-        self.algorithm.load_global_into_model()
+        self.diloco.load_global_into_model()
         self.emit(
             {
                 "kind": "join",
@@ -192,11 +167,11 @@ class ElasticLoop(_Loop):
             return
         round_index, directory = found
         state = load_worker_state(directory, 0)
-        self.algorithm.outer.load_state_dict(state["outer"])
+        self.diloco.outer.load_state_dict(state["outer"])
         self.algorithm.round = int(state["round"])
         self.algorithm.inner_step = int(state["step"])
         self._set_step(int(state["step"]))
-        self.algorithm.load_global_into_model()
+        self.diloco.load_global_into_model()
         self.emit(
             {"kind": "resume", "round": round_index, "step": self.step, "num_workers": self.ctx.world_size}
         )
@@ -209,7 +184,7 @@ class ElasticLoop(_Loop):
         if decision is None or decision.source != self.ctx.rank:
             return  # one copy is enough: every member holds the same global state
         root = self.ctx.out_dir / "elastic"
-        state = {"outer": self.algorithm.outer.state_dict(), "round": self.algorithm.round, "step": self.step}
+        state = {"outer": self.diloco.outer.state_dict(), "round": self.algorithm.round, "step": self.step}
         save_worker_state(root, self.algorithm.round, 0, state)
         prune(root, self.config.checkpoint.keep)
 
