@@ -50,7 +50,8 @@ def build_reducer(config: RunConfig, comm: Communicator) -> Reducer:
         from farsync.comm.compressed import build_compressed_reducer
 
         reducer = build_compressed_reducer(config, comm, reducer)
-    if config.aggregation.rule != "mean" or config.aggregation.max_norm > 0:
+    aggregation = config.aggregation
+    if aggregation.rule != "mean" or aggregation.max_norm > 0 or aggregation.outlier_ratio > 0:
         from farsync.comm.robust import build_robust_reducer
 
         reducer = build_robust_reducer(config, comm, reducer)

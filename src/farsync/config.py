@@ -324,9 +324,12 @@ class AggregationConfig:
     """Reject updates whose L2 norm exceeds this (0 disables)."""
     max_strikes: int = 3
     """A worker whose updates were rejected this many times is excluded."""
+    outlier_ratio: float = 0.0
+    """Strike a worker whose shard lies over this many median distances from the robust result (0 disables)."""
 
     def validate(self) -> None:
         _check(0 <= self.beta < 0.5, "aggregation.beta", self.beta, "must be in [0, 0.5)")
+        _check(self.outlier_ratio >= 0, "aggregation.outlier_ratio", self.outlier_ratio, "must be >= 0 (0 disables)")
         _check(self.f >= 0, "aggregation.f", self.f, "must be >= 0")
         _check(self.m >= 1, "aggregation.m", self.m, "must be >= 1")
         _check(self.tau > 0, "aggregation.tau", self.tau, "must be > 0")

@@ -108,3 +108,17 @@ def test_excluded_after_max_strikes_consistently() -> None:
         assert rejected[1] == {} and rejected[3] == {}
         torch.testing.assert_close(outputs[1], kept_round1)
         torch.testing.assert_close(outputs[3], kept_round3)
+
+
+def test_outliers_are_struck_and_excluded_without_a_norm_bound() -> None:
+    # Prepare: no max_norm; a sender 1000x away from the others is an outlier on every shard.
+    config = AggregationConfig(rule="median", outlier_ratio=10.0, max_strikes=2)
+    # Execute
+    results = run_rounds([too_large, too_large, too_large], config)
+    # Assert: struck in rounds 0 and 1 by the owners' all-gathered verdicts, then excluded (no strike).
+    books = [book for _, _, book in results]
+    assert all(book == books[0] for book in books)
+    assert [(s["worker"], s["round"]) for s in books[0]["strikes"]] == [(BAD, 0), (BAD, 1)]
+    assert books[0]["strikes"][0]["reason"].startswith("a shard was an outlier")
+    for _, rejected, _ in results:
+        assert rejected[2] == {}

@@ -18,7 +18,12 @@ One round of :class:`RobustReducer`:
 3. **Butterfly.** Each owner checks the shards it receives against the senders' summaries (finite, and no
    larger than the declared norm, so a sender cannot declare a small norm and send a large shard), drops
    the ones that fail, applies the rule to the rest and all-gathers its shard with one flag per sender;
-   the flags are strikes too, identical on every worker because they are all-gathered.
+   the flags are strikes too, identical on every worker because they are all-gathered. With
+   ``aggregation.outlier_ratio > 0`` an owner also flags an accepted sender whose shard lies more than
+   that many median distances from the robust result: a scale-free counterpart of ``max_norm`` that bans
+   gross attackers (sign flip x1000, Gaussian noise) after ``max_strikes`` rounds without a hand-set bound,
+   in the spirit of BTARD's banning of peers whose updates it can show to be wrong. Subtle attacks
+   (ALIE) stay within the honest spread and are left to the rule.
 
 Rules and weights: ``mean`` (used when only ``max_norm`` is set) is the weighted mean, like
 :class:`~farsync.comm.reducer.MeanReducer`. The robust rules give every accepted worker the same weight:
@@ -82,6 +87,13 @@ _SHARD_SLACK_EXACT, _SHARD_SLACK_LOSSY = 1e-4, 0.1
 def _dtype_code(named: dict[str, torch.Tensor]) -> int:
     codes = {_DTYPE_CODES.get(t.dtype, _OTHER) for t in named.values()}
     return codes.pop() if len(codes) == 1 else _MIXED
+
+
+_VERDICTS = {
+    1: "a shard was not finite or larger than the declared norm",
+    2: "a shard was an outlier (over aggregation.outlier_ratio median distances from the result)",
+}
+"""Owners' verdicts on senders, all-gathered with the reduced shards (0: accepted)."""
 
 
 def _dtype_name(code: int) -> str:
@@ -176,21 +188,37 @@ class RobustReducer(Reducer):
         declared = summaries[:, 5]
 
         def owner_rule(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            norms = torch.linalg.vector_norm(stack, dim=1, dtype=torch.float64)
-            bad = ~torch.isfinite(norms) | (norms > declared * (1 + self.shard_slack) + 1e-12)
-            bad &= weights > 0
-            accepted = torch.where(bad, torch.zeros_like(weights), weights).float()
-            return self.aggregator(torch.nan_to_num(stack), accepted), bad.float()
+            return self._owner_rule(stack, weights, declared)
 
         layout = ShardLayout(numel, self.comm.world_size)
-        result, flags = butterfly_reduce(
+        result, verdicts = butterfly_reduce(
             self.comm, mine, layout, owner_rule, codec=self.codec, gather_codec=self.gather_codec
         )
-        self._strike_flagged(flags)
+        self._strike_flagged(verdicts)
         self.round += 1
         if vector.numel() == numel:
             return unflatten(result, named)
         return {"update": result}
+
+    def _owner_rule(
+        self, stack: torch.Tensor, weights: torch.Tensor, declared: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This owner's shard from the accepted senders, and a verdict per sender (see :data:`_VERDICTS`)."""
+        norms = torch.linalg.vector_norm(stack, dim=1, dtype=torch.float64)
+        mismatch = (~torch.isfinite(norms) | (norms > declared * (1 + self.shard_slack) + 1e-12)) & (
+            weights > 0
+        )
+        accepted = torch.where(mismatch, torch.zeros_like(weights), weights).float()
+        stack = torch.nan_to_num(stack)
+        reduced = self.aggregator(stack, accepted)
+        verdicts = mismatch.float()
+        ratio = self.config.outlier_ratio
+        if ratio > 0 and int((accepted > 0).sum()) >= 3:
+            distances = torch.linalg.vector_norm(stack - reduced, dim=1)
+            typical = float(distances[accepted > 0].median())
+            outliers = (accepted > 0) & (distances > ratio * typical) & (typical > 0)
+            verdicts = torch.where(outliers, torch.full_like(verdicts, 2.0), verdicts)
+        return reduced, verdicts
 
     def _gather_summaries(
         self, named: dict[str, torch.Tensor], vector: torch.Tensor, weight: float
@@ -247,10 +275,10 @@ class RobustReducer(Reducer):
                 self._strike(worker, reason)
         return weights
 
-    def _strike_flagged(self, flags: list[torch.Tensor]) -> None:
-        flagged = torch.stack(flags).amax(dim=0)
-        for worker in torch.nonzero(flagged > 0).flatten().tolist():
-            self._strike(int(worker), "a shard did not match its declared norm or was not finite")
+    def _strike_flagged(self, verdicts: list[torch.Tensor]) -> None:
+        worst = torch.stack(verdicts).amax(dim=0)  # the same all-gathered verdicts on every worker
+        for worker in torch.nonzero(worst > 0).flatten().tolist():
+            self._strike(int(worker), _VERDICTS[int(worst[worker])])
 
     def _strike(self, worker: int, reason: str) -> None:
         self.last_rejected[worker] = reason
