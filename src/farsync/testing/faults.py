@@ -47,6 +47,9 @@ class FaultPlan:
     """A killed worker comes back after this many seconds (negative: never)."""
     min_alive: int = 1
     """Random kills never leave fewer running workers than this."""
+    jitter_s: float = 0.0
+    """A random kill lands uniformly within this many seconds after its round is reached, so kills hit
+    inner steps, collectives and healing alike."""
     last_round: int = 1 << 30
     """No random kill at or after this round (so restarts can rejoin before the run ends)."""
     seed: int = 0
@@ -77,6 +80,7 @@ class FaultInjector:
         self.restarts: dict[int, float] = {}
         self.log: list[dict[str, Any]] = []
         self._next_random_round = self._draw(0) if plan.every_rounds > 0 else None
+        self._random_due: float | None = None
 
     def _draw(self, after: int) -> int:
         k = self.plan.every_rounds
@@ -121,11 +125,16 @@ class FaultInjector:
         if self._next_random_round is None or not progress:
             return
         top = max(r for r, _ in progress.values())
-        if top < self._next_random_round:
+        if self._random_due is None:
+            if top < self._next_random_round:
+                return
+            self._next_random_round = self._draw(top)
+            if top >= self.plan.last_round:
+                return
+            self._random_due = self.clock() + self.random.uniform(0.0, self.plan.jitter_s)
+        if self.clock() < self._random_due:
             return
-        self._next_random_round = self._draw(top)
-        if top >= self.plan.last_round:
-            return
+        self._random_due = None
         running = [s for s in self.processes.slots() if self.processes.is_running(s)]
         training = [s for s in running if s in progress and progress[s][0] >= 0 and s not in self.restarts]
         if len(running) <= self.plan.min_alive or not training:
