@@ -107,7 +107,10 @@ class Communicator:
     def _charge(self, collective: Collective, payload: int) -> tuple[float, float]:
         sent = wire_bytes(collective, payload, self.world_size)
         modeled = wire_time(collective, payload, self.world_size, self.link) if self.link is not None else 0.0
-        self.ledger.record_call(self.channel, collective.value, payload, sent, modeled)
+        # A received message's link time is the sender's send; the ledger counts it once, on the send.
+        self.ledger.record_call(
+            self.channel, collective.value, payload, sent, 0.0 if collective is Collective.RECV else modeled
+        )
         return self.clock.now(), modeled
 
     def _handle(self, work: Any, result: Callable[[], T], collective: Collective, payload: int) -> Handle[T]:
