@@ -69,6 +69,7 @@ def test_pipelined_run_follows_unpipelined_diloco(
     os.environ.get("FARSYNC_PROCESS_TESTS") != "1",
     reason="spawns 4 interpreters (minutes on a loaded 2-core machine); set FARSYNC_PROCESS_TESTS=1",
 )
+@pytest.mark.timeout(900)
 def test_pipelined_run_as_four_processes(flat_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     """The issue's literal target: 4 CPU processes (spawned interpreters, one gloo group pair each)."""
     flat_dir, _ = flat_run
