@@ -65,3 +65,20 @@ def test_stale_and_sign_flip_through_the_reducer() -> None:
 
     # sign flip x3 on rank 0 (update 1): (-3 + 2 + 3 + 4) / 4
     assert run_ranks(body, WORLD, prefix="flip") == [pytest.approx(1.5)] * WORLD
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["byzantine.workers=[0, 1]", "byzantine.attack=alie"], "byzantine.workers"),
+        (["byzantine.workers=[0]", 'byzantine.attack="no_such_module:make"'], "byzantine.attack"),
+    ],
+)
+def test_bad_attack_settings_name_the_key(overrides: list[str], key: str) -> None:
+    from farsync.config import ConfigError
+
+    config = load_config(None, ["num_workers=2", *overrides])
+    comm = Communicator(None, 0, 1)
+    with pytest.raises(ConfigError) as raised:
+        build_attacking_reducer(config, comm, MeanReducer(comm))
+    assert raised.value.key == key

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from farsync.byzantine.attacks import LABEL_FLIP, Attack, AttackContext, load_attack
+from farsync.byzantine.attacks import LABEL_FLIP, Attack, AttackContext, alie_z, load_attack
 from farsync.comm.communicator import Communicator
 from farsync.comm.ledger import ByteLedger
 from farsync.comm.reducer import Reducer, flatten, unflatten
-from farsync.config import ByzantineConfig, RunConfig
+from farsync.config import ByzantineConfig, ConfigError, RunConfig
 
 __all__ = ["STALE_ROUNDS", "AttackingReducer", "build_attack", "build_attacking_reducer"]
 
@@ -145,7 +145,15 @@ class AttackingReducer(Reducer):
 
 def build_attacking_reducer(config: RunConfig, comm: Communicator, inner: Reducer) -> Reducer:
     """Wraps ``inner`` so that the ranks in ``byzantine.workers`` attack (see the module docstring)."""
-    attack = build_attack(config.byzantine)
+    if config.byzantine.attack == "alie":
+        try:
+            alie_z(config.num_workers, len(set(config.byzantine.workers)))
+        except ValueError as error:
+            raise ConfigError("byzantine.workers", config.byzantine.workers, f"alie: {error}") from None
+    try:
+        attack = build_attack(config.byzantine)
+    except ValueError as error:
+        raise ConfigError("byzantine.attack", config.byzantine.attack, str(error)) from None
     return AttackingReducer(
         comm,
         inner,
