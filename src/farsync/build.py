@@ -41,7 +41,7 @@ def build_reducer(config: RunConfig, comm: Communicator) -> Reducer:
     ``build(config, comm, inner) -> Reducer``:
 
     1. compression (``compression.kind``): quantized ring, low-rank or compressed all-gather;
-    2. robust aggregation (``aggregation.rule`` / ``aggregation.max_norm``): butterfly shard exchange;
+    2. robust aggregation (``aggregation.rule`` / ``max_norm`` / ``outlier_ratio``): butterfly shard exchange;
     3. privacy (``privacy.mode``): clipping and Gaussian noise;
     4. attack simulation (``byzantine.workers``): what a Byzantine worker sends instead.
     """
