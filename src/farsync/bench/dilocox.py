@@ -16,8 +16,9 @@ Wall time includes the final drain: an overlapped algorithm waits for its last a
 after the loop, where the worker's ``wall_s`` no longer counts; the benchmark adds that wait back (from the
 comm wait recorded after the last round), so overlapped and synchronous runs are compared on equal terms.
 
-Environment: ``FARSYNC_DILOCOX_STEPS`` (inner steps per worker, default 400), ``FARSYNC_DILOCOX_RATIO``
-(DDP communication / compute per step, default 100).
+Environment: ``FARSYNC_DILOCOX_STEPS`` (inner steps per worker, default 400), ``FARSYNC_DILOCOX_H``
+(inner steps per round, default 50, the recipe's H), ``FARSYNC_DILOCOX_RATIO`` (DDP communication /
+compute per step, default 100), ``FARSYNC_DILOCOX_SKIP`` (comma-separated run names to leave out).
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ def _variants(h: int, quick: bool) -> dict[str, list[str]]:
         ],
         "diloco_eager": ["algorithm.name=diloco", *recipe, "algorithm.delay=1", "algorithm.overlap=eager"],
         "dilocox": dilocox,
-        "dilocox_eager": [*dilocox, "algorithm.overlap=eager"],
         "dilocox_no_ef": [
             *dilocox,
             "compression.kind=lowrank",
@@ -149,7 +149,11 @@ def _run_all(
     base: list[str], h: int, runs_dir: Path, quick: bool
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     rows, skipped = [], {}
+    left_out = {n for n in os.environ.get("FARSYNC_DILOCOX_SKIP", "").split(",") if n}
     for name, extra in _variants(h, quick).items():
+        if name in left_out:
+            skipped[name] = "left out of this invocation (FARSYNC_DILOCOX_SKIP)"
+            continue
         try:
             row = run_cached(name, [*base, *extra], runs_dir, mode="threads")
         except Exception as error:  # noqa: BLE001 - a missing optional capability is reported, not fatal
@@ -209,11 +213,16 @@ def _worth(rows: list[dict[str, Any]]) -> dict[str, float]:
     for label, with_it, without in (
         ("error_feedback (dilocox - dilocox_no_ef)", "dilocox", "dilocox_no_ef"),
         ("eager (diloco_eager - diloco_delayed)", "diloco_eager", "diloco_delayed"),
-        ("eager under DiLoCoX (dilocox_eager - dilocox)", "dilocox_eager", "dilocox"),
     ):
         if with_it in by and without in by:
             worth[label] = by[with_it] - by[without]
     return worth
+
+
+def _command(quick: bool) -> str:
+    names = ("FARSYNC_DILOCOX_STEPS", "FARSYNC_DILOCOX_H", "FARSYNC_DILOCOX_RATIO", "FARSYNC_DILOCOX_SKIP")
+    env = " ".join(f"{n}={os.environ[n]}" for n in names if os.environ.get(n))
+    return f"{env + ' ' if env else ''}farsync bench dilocox{' --quick' if quick else ''}"
 
 
 COLUMNS = [
@@ -234,14 +243,14 @@ COLUMNS = [
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     num_steps = 20 if quick else int(os.environ.get("FARSYNC_DILOCOX_STEPS", "400"))
     ratio = float(os.environ.get("FARSYNC_DILOCOX_RATIO", "100"))
-    h = 5 if quick else 50
+    h = 5 if quick else int(os.environ.get("FARSYNC_DILOCOX_H", "50"))
     runs_dir = out_dir / ("dilocox_runs_quick" if quick else "dilocox_runs")
     runs_dir.mkdir(parents=True, exist_ok=True)
     base = [
         "num_workers=4",
         "seed=0",
         f"train.num_steps={num_steps}",
-        f"train.eval_every={num_steps if quick else max(num_steps // 2, 1)}",
+        f"train.eval_every={num_steps}",
         "checkpoint.every_rounds=0",
         *(QUICK_MODEL if quick else []),
     ]
@@ -290,7 +299,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     for name, why in skipped.items():
         lines.append(f"\nSkipped {name}: {why}")
     lines.append(
-        f"\nCommand: `farsync bench dilocox{' --quick' if quick else ''}` ({time.perf_counter() - begin:.0f} s real)."
+        f"\nCommand: `{_command(quick)}` ({time.perf_counter() - begin:.0f} s real for what was not cached)."
     )
     data = {
         "num_steps": num_steps,
