@@ -54,7 +54,7 @@ _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 def parse_bandwidth(text: str, key: str = "network.bandwidth") -> float:
     """``"1Gbit"`` -> 1e9 bits per second. Units: bit, Kbit, Mbit, Gbit, Tbit (case-insensitive, optional ``/s``)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-zA-Z]+)(?:/s|ps)?\s*", str(text))
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-zA-Z]+?)(?:/s|ps)?\s*", str(text))
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _BANDWIDTH_UNITS:
         raise ConfigError(key, text, "expected a rate such as '1Gbit', '100Mbit' or '500Kbit'")
@@ -436,6 +436,9 @@ class GossipConfig:
     """One global average at the end."""
     variance_correction: bool = False
     """Rescale mixed weight matrices to the inputs' mean variance (Tian et al. 2024, arXiv 2404.04616)."""
+    mix_optimizer_state: bool = False
+    """Also mix the inner optimizer's moment tensors with the same weights (keeps Adam's preconditioners in
+    consensus under skewed data; triples the bytes with AdamW)."""
 
     def validate(self, num_workers: int) -> None:
         _check(self.comm_every >= 1, "gossip.comm_every", self.comm_every, "must be >= 1")

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from farsync.config import DataConfig, FederatedConfig, load_config
 from farsync.data import load_digits_split
-from farsync.federated import Client, build_clients, train_client
+from farsync.federated import Client, build_clients, train_client, train_clients
 from farsync.federated.driver import FederatedDriver
 from farsync.testing.ranks import run_ranks
 from farsync.worker import WorkerContext
@@ -107,3 +108,23 @@ def test_driver_reports_epsilon_each_round_with_central_privacy() -> None:
     epsilons = [r["privacy_epsilon"] for r in alone["records"] if r["kind"] == "round"]
     assert len(epsilons) == 3 and 0 < epsilons[0] < epsilons[1] < epsilons[2]
     assert alone["result"].extra["privacy_epsilon"] == epsilons[-1]
+
+
+def test_vectorised_clients_follow_their_own_sequential_trajectories() -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    clients = [Client(i, torch.randn(n, 5), torch.randint(0, 3, (n,))) for i, n in enumerate((7, 23, 12))]
+    for federated in (
+        FederatedConfig(local_epochs=2, batch_size=5),
+        FederatedConfig(local_epochs=1, batch_size=0),
+        FederatedConfig(local_epochs=0, batch_size=4),
+    ):
+        kwargs: dict[str, Any] = {"lr": 0.3, "num_steps_if_no_epochs": 3, "seed": 2, "round_index": 4}
+        together = train_clients(model, start, clients, federated, **kwargs)
+        for client, batched in zip(clients, together, strict=True):
+            alone = train_client(model, start, client, federated, **kwargs)
+            assert (batched.num_steps, batched.num_examples) == (alone.num_steps, alone.num_examples)
+            assert batched.mean_loss == pytest.approx(alone.mean_loss, rel=1e-5)
+            for name in start:
+                torch.testing.assert_close(batched.update[name], alone.update[name], atol=1e-5, rtol=1e-4)

@@ -168,6 +168,30 @@ class Gossip(Algorithm):
                     inputs = [unflatten(vectors[m], dict(self.named_params))[name] for m in row]
                     value = variance_corrected(value, inputs, list(row.values()))
                 param.copy_(value.to(param.dtype))
+        if self.gossip.mix_optimizer_state:
+            self._mix_optimizer_state(row, neighbours)
+
+    def _optimizer_state(self) -> dict[str, torch.Tensor]:
+        """The inner optimizer's per-parameter tensors (Adam's moments), in one fixed order on every worker."""
+        named: dict[str, torch.Tensor] = {}
+        for name, param in self.named_params.items():
+            state = self.optimizer.state.get(param, {})
+            for key in sorted(state):
+                value = state[key]
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    named[f"{name}/{key}"] = value
+        return named
+
+    def _mix_optimizer_state(self, row: dict[int, float], neighbours: list[int]) -> None:
+        state = self._optimizer_state()
+        if not state:
+            return
+        own = flatten(state)
+        received = self._exchange(own, neighbours, tag=(1 << 20) + self.num_mixings % (1 << 20))
+        mixed = row[self.comm.rank] * own + sum(row[m] * received[m] for m in neighbours)
+        with torch.no_grad():
+            for name, value in unflatten(mixed, state).items():
+                state[name].copy_(value.to(state[name].dtype))
 
     def _exchange(self, own: torch.Tensor, neighbours: list[int], tag: int) -> dict[int, torch.Tensor]:
         # Every receive and send is posted before any is waited on: gloo posts never block, so no cycle of

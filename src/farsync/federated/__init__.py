@@ -7,7 +7,15 @@ weighting are pure functions (:mod:`.sampling`); a client's local training is :m
 
 from __future__ import annotations
 
-from farsync.federated.clients import Client, ClientResult, build_clients, evaluate_classifier, train_client
+from farsync.federated.clients import (
+    Client,
+    ClientResult,
+    batch_plan,
+    build_clients,
+    evaluate_classifier,
+    train_client,
+    train_clients,
+)
 from farsync.federated.sampling import (
     clients_of_worker,
     clients_per_round,
@@ -19,6 +27,7 @@ from farsync.federated.sampling import (
 __all__ = [
     "Client",
     "ClientResult",
+    "batch_plan",
     "build_clients",
     "clients_of_worker",
     "clients_per_round",
@@ -26,5 +35,6 @@ __all__ = [
     "evaluate_classifier",
     "sample_clients",
     "train_client",
+    "train_clients",
     "weighted_partial_sum",
 ]

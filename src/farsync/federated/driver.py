@@ -29,7 +29,6 @@ this mode yet (``resume`` starts over, with a warning).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -48,7 +47,7 @@ from farsync.comm.ledger import ByteLedger
 from farsync.comm.reducer import Reducer
 from farsync.config import PrivacyConfig, RunConfig
 from farsync.data import load_digits_split, load_npz
-from farsync.federated.clients import Client, build_clients, evaluate_classifier, train_client
+from farsync.federated.clients import Client, build_clients, evaluate_classifier, train_clients
 from farsync.federated.sampling import clients_of_worker, sample_clients, weighted_partial_sum
 from farsync.task import MODEL_INIT_LOCK, build_model
 from farsync.worker import WorkerContext, WorkerResult
@@ -125,34 +124,19 @@ class FederatedDriver:
         with MODEL_INIT_LOCK:
             torch.manual_seed(config.seed)
             self.model = build_model(config.model, dataset.num_features, dataset.num_classes)
-        self.client_model = copy.deepcopy(self.model)
         self.global_params = {n: p.detach().clone().float() for n, p in self.model.named_parameters()}
 
     # ------------------------------------------------------------------------------------ one round
-    def _client_update(self, client: Client) -> tuple[dict[str, torch.Tensor], float, float]:
-        """(update to send, its weight, training loss) for one sampled client, privacy applied."""
-        result = train_client(
-            self.client_model,
-            self.global_params,
-            client,
-            self.federated,
-            lr=self.config.train.lr,
-            num_steps_if_no_epochs=self.config.algorithm.num_inner_steps,
-            seed=self.config.seed,
-            round_index=self.round,
-        )
-        self.examples += result.num_examples
-        self.local_steps += result.num_steps
-        if self.privacy.mode == "off":
-            return result.update, float(client.num_samples), result.mean_loss
+    def _private(self, client: Client, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``update`` clipped, and with local noise in ``local`` mode (the client does this before sending)."""
         from farsync.privacy.mechanism import add_noise, clip_update
 
-        update, _ = clip_update(result.update, self.privacy.clip_norm)
-        if self.privacy.mode == "local":
-            generator = torch.Generator()
-            generator.manual_seed((self.config.seed * _ROUND_STRIDE + self.round) * 7919 + client.index + 1)
-            update = add_noise(update, self.privacy.noise_multiplier * self.privacy.clip_norm, generator)
-        return update, 1.0, result.mean_loss
+        clipped, _ = clip_update(update, self.privacy.clip_norm)
+        if self.privacy.mode != "local":
+            return clipped
+        generator = torch.Generator()
+        generator.manual_seed((self.config.seed * _ROUND_STRIDE + self.round) * 7919 + client.index + 1)
+        return add_noise(clipped, self.privacy.noise_multiplier * self.privacy.clip_norm, generator)
 
     def run_round(self) -> dict[str, Any]:
         """Trains this worker's sampled clients, averages across workers, updates the global weights."""
@@ -160,13 +144,26 @@ class FederatedDriver:
         sampled = sample_clients(
             self.federated.num_clients, self.federated.client_fraction, self.round, self.config.seed
         )
-        mine = clients_of_worker(sampled, self.ctx.rank, self.ctx.world_size)
-        updates, weights, losses = [], [], []
-        for index in mine:
-            update, weight, loss = self._client_update(self.clients[index])
-            updates.append(update)
-            weights.append(weight)
-            losses.append(loss)
+        mine = [self.clients[c] for c in clients_of_worker(sampled, self.ctx.rank, self.ctx.world_size)]
+        results = train_clients(
+            self.model,
+            self.global_params,
+            mine,
+            self.federated,
+            lr=self.config.train.lr,
+            num_steps_if_no_epochs=self.config.algorithm.num_inner_steps,
+            seed=self.config.seed,
+            round_index=self.round,
+        )
+        self.examples += sum(r.num_examples for r in results)
+        self.local_steps += sum(r.num_steps for r in results)
+        losses = [r.mean_loss for r in results]
+        if self.privacy.mode == "off":
+            updates = [r.update for r in results]
+            weights = [float(c.num_samples) for c in mine]
+        else:  # DP: bounded influence per client, so clip and weight every client 1
+            updates = [self._private(c, r.update) for c, r in zip(mine, results, strict=True)]
+            weights = [1.0] * len(mine)
         total, weight_sum = weighted_partial_sum(updates, weights, self.global_params)
         share = {n: t / weight_sum for n, t in total.items()} if weight_sum > 0 else total
         averaged = self.reducer(share, weight_sum)
