@@ -116,6 +116,8 @@ def _one(rule: str, attack: str, count: int, num_steps: int, defence: str = "non
         "final_eval_accuracy": summary["final_eval_accuracy"],
         "final_eval_loss": summary["final_eval_loss"],
         "bytes_sent_per_worker": summary["bytes_sent_per_worker"],
+        "num_params": summary["num_params"],
+        "num_rounds": summary["num_rounds"],
         "seconds": time.perf_counter() - begin,
     }
     logger.warning(
@@ -153,6 +155,19 @@ def _targets(rows: list[dict[str, Any]], rules: tuple[str, ...], attacks: tuple[
     return targets
 
 
+def _bytes_line(rows: list[dict[str, Any]]) -> str:
+    """Bytes per worker per round: the mean's ring all-reduce against the robust rules' butterfly."""
+    clean = {row["rule"]: row for row in rows if row["num_byzantine"] == 0 and row["defence"] == "none"}
+    model_bytes = 4 * int(next(iter(clean.values()))["num_params"])
+    parts = []
+    for rule in ("mean", "centered_clip"):
+        if rule in clean:
+            per_round = clean[rule]["bytes_sent_per_worker"] / max(int(clean[rule]["num_rounds"]), 1)
+            how = "ring all-reduce" if rule == "mean" else "butterfly"
+            parts.append(f"{rule} ({how}) {per_round:.0f} B = {per_round / model_bytes:.2f}x the fp32 model")
+    return "Bytes sent per worker per round (ledger): " + "; ".join(parts) + "."
+
+
 def _markdown(rows: list[dict[str, Any]], rules: tuple[str, ...], attacks: tuple[str, ...], counts: tuple[int, ...],
               meta: dict[str, Any]) -> str:  # fmt: skip
     lines = [
@@ -172,6 +187,7 @@ def _markdown(rows: list[dict[str, Any]], rules: tuple[str, ...], attacks: tuple
         for count in (c for c in counts if c):
             cells = [f"{_accuracy(rows, rule, attack, count):.3f}" for rule in rules]
             lines.append(f"| {attack} | {count} | " + " | ".join(cells) + " |")
+    lines += ["", _bytes_line(rows)]
     validated = [row for row in rows if row["defence"] != "none"]
     if validated:
         labels = tuple(dict.fromkeys(row["rule"] for row in validated))
