@@ -82,3 +82,25 @@ def test_bad_attack_settings_name_the_key(overrides: list[str], key: str) -> Non
     with pytest.raises(ConfigError) as raised:
         build_attacking_reducer(config, comm, MeanReducer(comm))
     assert raised.value.key == key
+
+
+def test_label_flip_worker_trains_on_flipped_labels() -> None:
+    from farsync.config import DataConfig, ModelConfig
+    from farsync.data import ArrayBatches
+    from farsync.task import build_task
+
+    def labels(flip: bool) -> torch.Tensor:
+        task = build_task(
+            ModelConfig(kind="mlp", width=8),
+            DataConfig(kind="digits"),
+            batch_size=4,
+            num_eval_batches=1,
+            rank=1,
+            num_workers=4,
+            seed=0,
+            flip_labels=flip,
+        )
+        assert isinstance(task.batches, ArrayBatches)
+        return task.batches.y
+
+    assert torch.equal(labels(True), 9 - labels(False))
