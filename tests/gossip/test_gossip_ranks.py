@@ -87,3 +87,51 @@ def test_late_schedule_halves_the_interval() -> None:
     gossip = GossipConfig(comm_every=4, late_schedule=True)
     assert [mix_interval(gossip, s, 100) for s in (0, 49, 50, 99)] == [4, 4, 2, 2]
     assert mix_interval(GossipConfig(comm_every=4), 99, 100) == 4
+
+
+class SumTask:
+    """A stand-in task whose "evaluation" is the sum of the point's coordinates (linear, so means commute)."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {"eval_loss": float(model.x.detach().sum())}
+
+
+def test_no_merge_keeps_local_models_and_reports_local_vs_merged() -> None:
+    targets = torch.tensor([[4.0, -1.0], [0.0, 3.0], [-2.0, 5.0], [6.0, 1.0]])
+
+    def fn(rank: int, world: int, group: Any, store: Any) -> dict[str, Any]:
+        model = Point(torch.zeros(2))
+        config = load_config(
+            None,
+            [
+                f"num_workers={WORLD}",
+                "algorithm.name=gossip",
+                "gossip.final_merge=false",
+                "gossip.mix_optimizer_state=true",
+                "train.num_steps=30",
+                "algorithm.num_inner_steps=10",
+            ],
+        )
+        comm = Communicator(group, rank, WORLD, ledger=ByteLedger(rank=rank))
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+        gossip = Gossip(model, optimizer, comm, config.algorithm, run_config=config, task=SumTask())
+        with gossip:
+            for _ in range(30):
+                (0.5 * ((model.x - targets[rank]) ** 2).sum()).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        return {
+            "x": model.x.detach().clone(),
+            "final": gossip.final_metrics(),
+            "bytes": comm.ledger.bytes_sent(),
+        }
+
+    results = run_ranks(fn, WORLD, prefix="nomerge")
+    points = torch.stack([r["x"] for r in results])
+    assert not torch.allclose(points[0], points[2])  # no merge: the workers keep their own models
+    final = results[0]["final"]
+    assert final["final_merge"] is False
+    assert final["mean_local_eval_loss"] == pytest.approx(float(points.sum(1).mean()), abs=1e-5)
+    assert final["merged_eval_loss"] == pytest.approx(float(points.mean(0).sum()), abs=1e-5)
+    # Weights and both Adam moments (2 floats each) go to 2 neighbours at each of 30 mixings; no all-reduce.
+    assert results[0]["bytes"] == 30 * 2 * 3 * 2 * 4
