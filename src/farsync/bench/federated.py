@@ -191,11 +191,12 @@ def _speedups(best: dict[str, dict[str, Any]], plan: dict[str, Any]) -> dict[str
 
 
 # --------------------------------------------------------------------------------------------- gossip
-GOSSIP_LR = {"ddp": 0.03, "gossip": 0.03}
+GOSSIP_LR = {"ddp": 0.03, "gossip": 0.1}
 """AdamW peak learning rates, each the best of a sweep run while building this benchmark (16 workers, 300
-steps, full plan): DDP 0.003 -> 96.7%, 0.01 -> 97.6%, 0.03 -> 98.4%; gossip with mixed moments 0.003 -> 87.6%,
-0.01 -> 94.7%, 0.03 -> 97.1% (merged); gossip without mixed moments 0.003 -> 63.8%, 0.01 -> 81.8% (merged). Per-worker Adam on a batch of 6 normalises by a noisier second moment than DDP's
-96-image gradient, so gossip wants a larger step."""
+steps, the full plan; merged-model accuracy for gossip): DDP 0.003 -> 96.7%, 0.01 -> 97.6%, 0.03 -> 98.4%,
+0.1 -> 97.1%; gossip with mixed moments 0.003 -> 87.6%, 0.01 -> 94.7%, 0.03 -> 97.1%, 0.1 -> 98.0% (the
+largest tried); gossip without mixed moments 0.003 -> 63.8%, 0.01 -> 81.8%. Per-worker Adam on a batch of 6
+normalises by a noisier second moment than DDP's 96-image gradient, so gossip wants a larger step."""
 
 
 def _gossip_runs(plan: dict[str, Any]) -> dict[str, RunConfig]:
