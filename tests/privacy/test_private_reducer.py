@@ -63,3 +63,32 @@ def test_local_noise_is_added_before_the_average() -> None:
     # Both ranks see the same average (the noise went in before the all-reduce), and it is not the clean one.
     torch.testing.assert_close(results[0]["first"], results[1]["first"])
     assert not torch.allclose(results[0]["first"], expected, atol=1e-3)
+
+
+def test_fedavg_reports_epsilon_each_round_through_the_private_reducer() -> None:
+    from torch import nn
+
+    from farsync.algorithms.fedavg import FedAvg
+    from farsync.config import AlgorithmConfig
+
+    def fn(rank: int, world: int, group: Any, store: Any) -> list[float]:
+        model = nn.Linear(2, 1)
+        comm = Communicator(group, rank, world)
+        reducer = PrivateReducer(
+            comm, MeanReducer(comm), PrivacyConfig(mode="central", noise_multiplier=1.0), seed=0
+        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        epsilons = []
+        with FedAvg(
+            model, optimizer, comm, AlgorithmConfig(num_inner_steps=2), reducer=reducer, num_samples=5
+        ) as fedavg:
+            for _ in range(4):
+                model(torch.ones(3, 2)).pow(2).mean().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                if fedavg.round_ended:
+                    epsilons.append(fedavg.metrics()["privacy_epsilon"])
+        return epsilons
+
+    for epsilons in run_ranks(fn, 2, prefix="fedavg-private"):
+        assert len(epsilons) == 2 and 0 < epsilons[0] < epsilons[1]

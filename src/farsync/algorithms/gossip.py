@@ -32,6 +32,10 @@ model away from the variance its initialisation chose and stalls training. With 
 weight matrix (tensors of 2 or more dimensions) is rescaled about its mean so its variance equals the
 mixing-weighted mean of the variances of the matrices that went in. Biases are left alone.
 
+Evaluation: ``global_tensors()`` is the worker's own model, so evaluations during training score each
+worker's local model (rank 0's in the run's eval records); after a final merge every worker holds the
+merged model.
+
 Failure: a neighbour that does not answer makes ``recv`` raise after ``elastic.collective_timeout_s``; the
 error propagates from ``optimizer.step()`` (gossip has no elastic recovery yet).
 """
@@ -51,7 +55,7 @@ from farsync.algorithms.topology import metropolis_hastings, topology_graph
 from farsync.comm.communicator import Communicator, Handle
 from farsync.comm.cost import Collective
 from farsync.comm.reducer import Reducer, flatten, unflatten
-from farsync.config import AlgorithmConfig, GossipConfig, RunConfig
+from farsync.config import AlgorithmConfig, ConfigError, GossipConfig, RunConfig
 
 __all__ = ["Gossip", "consensus_distance", "mix_interval", "variance_corrected"]
 
@@ -111,6 +115,10 @@ class Gossip(Algorithm):
     ) -> None:
         super().__init__(model, optimizer, comm, reducer=reducer)
         run = run_config if run_config is not None else RunConfig(num_workers=comm.world_size)
+        if run.privacy.mode != "off":
+            raise ConfigError(
+                "privacy.mode", run.privacy.mode, "gossip has no differential privacy yet; use 'off'"
+            )
         self.config = config if config is not None else run.algorithm
         self.gossip = run.gossip
         self.num_steps = run.train.num_steps
