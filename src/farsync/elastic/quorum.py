@@ -13,8 +13,9 @@ A run is a sequence of *boundaries*. At each one:
    (start, coordinator restart) it waits for every admitted live worker.
 2. **Decide.** The members are the live arrivals, sorted. The *source* is the lowest member at the highest
    round; members whose ``(round, hash)`` differ from the source's are *healers* and receive its state.
-   The collective runs if any non-healer holds a pseudo-gradient. A new membership, or a failure at the
-   last boundary, gets a new quorum id (a new process group); the same membership keeps its group.
+   The collective runs if any member holds a pseudo-gradient (a healed one contributes weight 0). A new
+   membership, a restarted member or a failure at the last boundary gets a new quorum id (a new process
+   group); the same membership keeps its group.
 3. **Commit.** Members report whether healing and the collective succeeded. When every member has reported
    or died, the boundary commits if every report is a success; otherwise everyone retries: they arrive
    again with the pseudo-gradients they still hold, and only the collective is redone.
@@ -291,7 +292,9 @@ class QuorumBook:
         healers = tuple(
             s for s in members if (arrived[s].round, arrived[s].sha) != (reference.round, reference.sha)
         )
-        reduce = any(arrived[s].pending for s in members if s not in healers)
+        # Any pseudo-gradient at the boundary means an outer step: even one whose owner is healed (weight 0)
+        # must run the collective, because that owner is inside its outer step and will apply its result.
+        reduce = any(arrived[s].pending for s in members)
         previous = self.current.members if self.current is not None else ()
         incarnations = {s: arrived[s].incarnation for s in members}
         # A restarted worker keeps its slot but not the old process group: a new incarnation is a change.
