@@ -171,3 +171,14 @@ def test_finished_run_turns_late_arrivals_away() -> None:
     book.admit(1, "late", 2)
     book.leave(0, "inc0", finished=True)
     assert book.arrive("y", Arrival(1, "late", 0, 0, "init", False))[0].payload == {"finished": True}
+
+
+def test_stale_pending_member_is_healed_and_the_collective_still_runs() -> None:
+    book, _ = make_book()
+    book.admit(0, "inc0", 2)
+    book.admit(1, "inc1", 2)
+    arrive(book, 0, 10, "checkpoint-10", pending=False)  # resumed from a newer checkpoint
+    arrive(book, 1, 8, "g8", pending=True)  # a round behind, inside its outer step
+    decision = decide(book)
+    assert decision.source == 0 and decision.healers == (1,)
+    assert decision.reduce  # worker 1 applies an outer step, so everyone must (its update gets weight 0)
