@@ -168,12 +168,14 @@ class Gossip(Algorithm):
         vectors = {self.comm.rank: own, **received}
         mixed = sum(row[m] * vectors[m] for m in row)
         assert isinstance(mixed, torch.Tensor)
-        named = unflatten(mixed, dict(self.named_params))
+        like: dict[str, torch.Tensor] = dict(self.named_params)
+        named = unflatten(mixed, like)
+        pieces = {m: unflatten(vectors[m], like) for m in row} if self.gossip.variance_correction else {}
         with torch.no_grad():
             for name, param in self.named_params.items():
                 value = named[name]
-                if self.gossip.variance_correction and param.dim() >= 2:
-                    inputs = [unflatten(vectors[m], dict(self.named_params))[name] for m in row]
+                if pieces and param.dim() >= 2:
+                    inputs = [pieces[m][name] for m in row]
                     value = variance_corrected(value, inputs, list(row.values()))
                 param.copy_(value.to(param.dtype))
         if self.gossip.mix_optimizer_state:
