@@ -54,7 +54,8 @@ _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 def parse_bandwidth(text: str, key: str = "network.bandwidth") -> float:
     """``"1Gbit"`` -> 1e9 bits per second. Units: bit, Kbit, Mbit, Gbit, Tbit (case-insensitive, optional ``/s``)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-zA-Z]+?)(?:/s|ps)?\s*", str(text))
+    normalized = re.sub(r"bps\s*$", "bit", str(text))  # "100Mbps" -> "100Mbit"
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-zA-Z]+)(?:/s)?\s*", normalized)
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _BANDWIDTH_UNITS:
         raise ConfigError(key, text, "expected a rate such as '1Gbit', '100Mbit' or '500Kbit'")

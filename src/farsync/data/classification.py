@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 __all__ = ["ClassificationData", "load_digits_split", "load_npz"]
@@ -46,6 +44,8 @@ def _split(
     # Stratify whenever every class has two members, so train and test keep the label balance.
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None
+    from sklearn.model_selection import train_test_split  # imported here: sklearn is slow to import
+
     x_train, x_test, y_train, y_test = train_test_split(
         features, labels, test_size=test_fraction, random_state=seed, stratify=stratify
     )
@@ -61,6 +61,8 @@ def _split(
 
 def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> ClassificationData:
     """scikit-learn's 1,797 8x8 digits, pixels scaled to [0, 1], flat 64 features, stratified split."""
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     features = (np.asarray(digits.data, dtype=np.float32) / 16.0).astype(np.float32)
     labels = np.asarray(digits.target, dtype=np.int64)

@@ -87,25 +87,40 @@ def launch(config: RunConfig, out_dir: Path, *, resume: bool = False, progress: 
     n = config.num_workers
     store = open_store("127.0.0.1", 0, n + 1, is_master=True)
     prefix = f"run{int(time.time() * 1000)}"
-    previous = _previous_records(out_dir) if resume else []
     bar = _Progress(config.train.num_steps, progress)
-    records: list[dict[str, Any]] = list(previous)
-    try:
-        if mode == "threads":
-            records += run_threads(config, n, store, out_dir, prefix, resume, bar.update)
-        else:
-            records += _run_processes(config, n, store.port, out_dir, prefix, resume, bar.update)
-    finally:
-        bar.close()
+    metrics_path = out_dir / "metrics.jsonl"
+    # Records are appended as they arrive, so an interrupted run keeps its metrics up to the crash.
+    with open(metrics_path, "a" if resume else "w") as metrics_file:
+
+        def on_record(record: dict[str, Any]) -> None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            bar.update(record)
+
+        try:
+            if mode == "threads":
+                run_threads(config, n, store, out_dir, prefix, resume, on_record)
+            else:
+                _run_processes(config, n, store.port, out_dir, prefix, resume, on_record)
+        finally:
+            bar.close()
     results = read_results(store, prefix, n)
+    records = _deduplicated(metrics_path) if resume else None
     return write_run_outputs(config, out_dir, results, records)
 
 
-def _previous_records(out_dir: Path) -> list[dict[str, Any]]:
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _deduplicated(path: Path) -> list[dict[str, Any]]:
+    """A resumed run re-emits the steps after its checkpoint: keep the last record of each (kind, worker,
+    step, round), in the order of those last occurrences."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    last: dict[tuple[Any, ...], int] = {}
+    for index, record in enumerate(records):
+        if record.get("kind") == "resume":
+            key: tuple[Any, ...] = ("resume", index)
+        else:
+            key = (record.get("kind"), record.get("worker"), record.get("step"), record.get("round"))
+        last[key] = index
+    return [records[i] for i in sorted(last.values())]
 
 
 def run_threads(config: RunConfig, n: int, store: Any, out_dir: Path | None, prefix: str, resume: bool,
