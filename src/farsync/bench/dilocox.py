@@ -236,6 +236,7 @@ COLUMNS = [
     ("peak KB/sync", "peak_kb", ".1f"),
     ("wall s (virtual)", "wall_with_drain_s", ".0f"),
     ("compute util", "utilization", ".1%"),
+    ("util before drain", "compute_utilization", ".1%"),
     ("speedup vs DDP", "speedup_vs_ddp", ".1f"),
 ]
 
