@@ -87,7 +87,11 @@ def find_latest(root: Path, num_workers: int) -> tuple[int, Path] | None:
         ]
         if not problems:
             return round_index, directory
-        logger.warning("checkpoint of round %d refused (%s); falling back to an earlier one", round_index, "; ".join(problems))
+        logger.warning(
+            "checkpoint of round %d refused (%s); falling back to an earlier one",
+            round_index,
+            "; ".join(problems),
+        )
     return None
 
 

@@ -28,7 +28,11 @@ def _train(args: argparse.Namespace) -> int:
         out_dir = run_dir
     else:
         config = load_config(args.config, args.overrides)
-        out_dir = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm.name}"
+        out_dir = (
+            Path(args.out)
+            if args.out
+            else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm.name}"
+        )
     # Imported only once the config is valid: torch and the data stack take seconds to import.
     from farsync.launch.local import launch
 
@@ -76,24 +80,36 @@ def _worker(args: argparse.Namespace) -> int:
     from farsync.elastic.worker import join
 
     config = load_config(args.config, args.overrides)
-    return join(config, args.coordinator, token_file=args.token_file, out_dir=Path(args.out) if args.out else None)
+    return join(
+        config, args.coordinator, token_file=args.token_file, out_dir=Path(args.out) if args.out else None
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="farsync", description="Low-communication training across far-apart machines.")
+    parser = argparse.ArgumentParser(
+        prog="farsync", description="Low-communication training across far-apart machines."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train with local worker processes (default: DiLoCo, 4 workers)")
+    train = commands.add_parser(
+        "train", help="train with local worker processes (default: DiLoCo, 4 workers)"
+    )
     train.add_argument("config", nargs="?", help="TOML config file (optional)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--out", help="run directory (default runs/<time>-<algorithm>)")
-    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest good checkpoint")
-    train.add_argument("--elastic", action="store_true", help="start a coordinator and elastic workers locally")
+    train.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its latest good checkpoint"
+    )
+    train.add_argument(
+        "--elastic", action="store_true", help="start a coordinator and elastic workers locally"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
-    bench = commands.add_parser("bench", help="run a named benchmark (core, dilocox, byzantine, federated, chaos)")
+    bench = commands.add_parser(
+        "bench", help="run a named benchmark (core, dilocox, byzantine, federated, chaos)"
+    )
     bench.add_argument("name")
     bench.add_argument("--out", default="benchmarks/results")
     bench.add_argument("--quick", action="store_true", help="a much smaller version, to check it runs")
@@ -123,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.handler(args))
     except ConfigError as error:

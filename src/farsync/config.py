@@ -205,8 +205,12 @@ class AlgorithmConfig:
     def validate(self) -> None:
         _check(self.num_inner_steps >= 1, "algorithm.num_inner_steps", self.num_inner_steps, "H must be >= 1")
         _check(self.outer_lr > 0, "algorithm.outer_lr", self.outer_lr, "must be > 0")
-        _check(0 <= self.outer_momentum < 1, "algorithm.outer_momentum", self.outer_momentum, "must be in [0, 1)")
-        _check(self.num_warmup_rounds >= 0, "algorithm.num_warmup_rounds", self.num_warmup_rounds, "must be >= 0")
+        _check(
+            0 <= self.outer_momentum < 1, "algorithm.outer_momentum", self.outer_momentum, "must be in [0, 1)"
+        )
+        _check(
+            self.num_warmup_rounds >= 0, "algorithm.num_warmup_rounds", self.num_warmup_rounds, "must be >= 0"
+        )
         _check(
             self.num_warmup_inner_steps >= 1,
             "algorithm.num_warmup_inner_steps",
@@ -223,7 +227,10 @@ class AlgorithmConfig:
             f"must be < algorithm.num_inner_steps ({self.num_inner_steps})",
         )
         _check(
-            0 <= self.streaming_alpha <= 1, "algorithm.streaming_alpha", self.streaming_alpha, "must be in [0, 1]"
+            0 <= self.streaming_alpha <= 1,
+            "algorithm.streaming_alpha",
+            self.streaming_alpha,
+            "must be in [0, 1]",
         )
 
 
@@ -254,9 +261,14 @@ class CompressionConfig:
     def validate(self) -> None:
         _check(self.bits in (4, 8, 16), "compression.bits", self.bits, "allowed: 4, 8 or 16")
         _check(self.rank >= 1, "compression.rank", self.rank, "must be >= 1")
-        _check(0 < self.topk_fraction <= 1, "compression.topk_fraction", self.topk_fraction, "must be in (0, 1]")
         _check(
-            0 < self.energy_fraction <= 1, "compression.energy_fraction", self.energy_fraction, "must be in (0, 1]"
+            0 < self.topk_fraction <= 1, "compression.topk_fraction", self.topk_fraction, "must be in (0, 1]"
+        )
+        _check(
+            0 < self.energy_fraction <= 1,
+            "compression.energy_fraction",
+            self.energy_fraction,
+            "must be in (0, 1]",
         )
         _check(self.block_size >= 8, "compression.block_size", self.block_size, "must be >= 8")
 
@@ -287,7 +299,10 @@ class NetworkConfig:
             for rank, text in getattr(self, table).items():
                 key = f"network.{table}.{rank}"
                 _check(
-                    rank.isdigit() and int(rank) < num_workers, key, rank, f"worker rank must be in 0..{num_workers - 1}"
+                    rank.isdigit() and int(rank) < num_workers,
+                    key,
+                    rank,
+                    f"worker rank must be in 0..{num_workers - 1}",
                 )
                 parser(text, key)
 
@@ -330,7 +345,12 @@ class AggregationConfig:
 
     def validate(self) -> None:
         _check(0 <= self.beta < 0.5, "aggregation.beta", self.beta, "must be in [0, 0.5)")
-        _check(self.outlier_ratio >= 0, "aggregation.outlier_ratio", self.outlier_ratio, "must be >= 0 (0 disables)")
+        _check(
+            self.outlier_ratio >= 0,
+            "aggregation.outlier_ratio",
+            self.outlier_ratio,
+            "must be >= 0 (0 disables)",
+        )
         _check(self.f >= 0, "aggregation.f", self.f, "must be >= 0")
         _check(self.m >= 1, "aggregation.m", self.m, "must be >= 1")
         _check(self.tau > 0, "aggregation.tau", self.tau, "must be > 0")
@@ -352,7 +372,12 @@ class ByzantineConfig:
 
     def validate(self, num_workers: int) -> None:
         for rank in self.workers:
-            _check(0 <= rank < num_workers, "byzantine.workers", self.workers, f"ranks must be in 0..{num_workers - 1}")
+            _check(
+                0 <= rank < num_workers,
+                "byzantine.workers",
+                self.workers,
+                f"ranks must be in 0..{num_workers - 1}",
+            )
 
 
 @dataclass(kw_only=True)
@@ -386,14 +411,24 @@ class ElasticConfig:
 
     def validate(self) -> None:
         _check(self.min_workers >= 1, "elastic.min_workers", self.min_workers, "must be >= 1")
-        _check(self.heartbeat_interval_s > 0, "elastic.heartbeat_interval_s", self.heartbeat_interval_s, "must be > 0")
+        _check(
+            self.heartbeat_interval_s > 0,
+            "elastic.heartbeat_interval_s",
+            self.heartbeat_interval_s,
+            "must be > 0",
+        )
         _check(
             self.failure_timeout_s >= 2 * self.heartbeat_interval_s,
             "elastic.failure_timeout_s",
             self.failure_timeout_s,
             f"must be >= 2 x elastic.heartbeat_interval_s ({self.heartbeat_interval_s})",
         )
-        _check(self.collective_timeout_s > 0, "elastic.collective_timeout_s", self.collective_timeout_s, "must be > 0")
+        _check(
+            self.collective_timeout_s > 0,
+            "elastic.collective_timeout_s",
+            self.collective_timeout_s,
+            "must be > 0",
+        )
 
 
 @dataclass(kw_only=True)
@@ -414,7 +449,10 @@ class FederatedConfig:
     def validate(self) -> None:
         _check(self.num_clients >= 0, "federated.num_clients", self.num_clients, "must be >= 0")
         _check(
-            0 < self.client_fraction <= 1, "federated.client_fraction", self.client_fraction, "must be in (0, 1]"
+            0 < self.client_fraction <= 1,
+            "federated.client_fraction",
+            self.client_fraction,
+            "must be in (0, 1]",
         )
         _check(self.local_epochs >= 0, "federated.local_epochs", self.local_epochs, "must be >= 0")
         _check(self.batch_size >= 0, "federated.batch_size", self.batch_size, "must be >= 0 (0 = full batch)")
@@ -454,7 +492,10 @@ class GossipConfig:
             side = int(round(num_workers**0.5))
             rows = next((r for r in range(side, 1, -1) if num_workers % r == 0 and num_workers // r >= 2), 0)
             _check(
-                rows >= 2, "gossip.topology", self.topology, f"a 2-D torus needs a composite worker count, got {num_workers}"
+                rows >= 2,
+                "gossip.topology",
+                self.topology,
+                f"a 2-D torus needs a composite worker count, got {num_workers}",
             )
 
 
@@ -487,8 +528,15 @@ class CheckpointConfig:
     """Checkpoints kept on disk (older ones are deleted)."""
 
     def validate(self) -> None:
-        _check(self.every_rounds >= 0, "checkpoint.every_rounds", self.every_rounds, "must be >= 0 (0 disables)")
-        _check(self.keep >= 2, "checkpoint.keep", self.keep, "must be >= 2 (the newest may still be written by other workers)")
+        _check(
+            self.every_rounds >= 0, "checkpoint.every_rounds", self.every_rounds, "must be >= 0 (0 disables)"
+        )
+        _check(
+            self.keep >= 2,
+            "checkpoint.keep",
+            self.keep,
+            "must be >= 2 (the newest may still be written by other workers)",
+        )
 
 
 @dataclass(kw_only=True)
@@ -534,7 +582,12 @@ class RunConfig:
 
     def _validate_across_sections(self) -> None:
         if self.model.kind == "gpt":
-            _check(self.data.kind == "text", "data.kind", self.data.kind, "model.kind = 'gpt' needs data.kind = 'text'")
+            _check(
+                self.data.kind == "text",
+                "data.kind",
+                self.data.kind,
+                "model.kind = 'gpt' needs data.kind = 'text'",
+            )
         else:
             _check(
                 self.data.kind in ("digits", "npz"),
@@ -619,7 +672,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 continue
         raise ConfigError(key, value, f"expected {' or '.join(_type_name(a) for a in get_args(tp))}")
     if tp is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key, value, "expected a number")
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool), key, value, "expected a number"
+        )
         return float(value)
     if tp is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, value, "expected an integer")

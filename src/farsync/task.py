@@ -103,12 +103,21 @@ def build_model(config: ModelConfig, num_features: int = 64, num_classes: int = 
             )
         )
     if config.kind == "mlp":
-        return MLP(in_features=num_features, hidden=(config.width, config.width // 2), num_classes=num_classes)
+        return MLP(
+            in_features=num_features, hidden=(config.width, config.width // 2), num_classes=num_classes
+        )
     return CNN(num_classes=num_classes)
 
 
-def _text_task(model_cfg: ModelConfig, data: DataConfig, batch_size: int, num_eval_batches: int, rank: int,
-               num_parts: int, seed: int) -> tuple[Batches, list[tuple[torch.Tensor, torch.Tensor]], int, int]:
+def _text_task(
+    model_cfg: ModelConfig,
+    data: DataConfig,
+    batch_size: int,
+    num_eval_batches: int,
+    rank: int,
+    num_parts: int,
+    seed: int,
+) -> tuple[Batches, list[tuple[torch.Tensor, torch.Tensor]], int, int]:
     if data.path:
         corpus = load_text_files(data.path, val_percent=data.val_percent, max_bytes=data.max_bytes)
     else:

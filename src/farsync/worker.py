@@ -121,7 +121,10 @@ class _Loop:
         )
         self.model = self.task.model.to(ctx.device)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.train.lr, betas=(0.9, 0.95), weight_decay=config.train.weight_decay
+            self.model.parameters(),
+            lr=config.train.lr,
+            betas=(0.9, 0.95),
+            weight_decay=config.train.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
         self.comm = self.make_communicator()
@@ -185,7 +188,11 @@ class _Loop:
             return
         found = find_latest(self.ctx.out_dir, self.ctx.world_size)
         if found is None:
-            logger.warning("worker %d: no usable checkpoint in %s; starting from scratch", self.ctx.rank, self.ctx.out_dir)
+            logger.warning(
+                "worker %d: no usable checkpoint in %s; starting from scratch",
+                self.ctx.rank,
+                self.ctx.out_dir,
+            )
             return
         round_index, directory = found
         self.load_state_dict(load_worker_state(directory, self.ctx.rank))
@@ -357,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     # torchrun's agent already hosts a TCPStore on MASTER_PORT; workers join it as clients.
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = open_store(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=rank == 0 and not agent_store
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_store,
     )
     prefix = f"torchrun/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     metrics_file = open(out_dir / f"metrics.rank{rank}.jsonl", "w")  # noqa: SIM115 - closed below

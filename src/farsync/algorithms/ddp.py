@@ -41,7 +41,8 @@ class DDP(Algorithm):
 
     def before_inner_step(self) -> None:
         grads = {
-            name: (p.grad if p.grad is not None else torch.zeros_like(p)) for name, p in self.named_params.items()
+            name: (p.grad if p.grad is not None else torch.zeros_like(p))
+            for name, p in self.named_params.items()
         }
         averaged = self.reducer(grads, self.weight)
         for name, param in self.named_params.items():

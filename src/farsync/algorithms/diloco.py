@@ -38,8 +38,14 @@ logger = logging.getLogger(__name__)
 class OuterState:
     """fp32 global weights and the outer optimizer over them."""
 
-    def __init__(self, named_params: dict[str, nn.Parameter], config: AlgorithmConfig, *, lr: float | None = None,
-                 momentum: float | None = None) -> None:
+    def __init__(
+        self,
+        named_params: dict[str, nn.Parameter],
+        config: AlgorithmConfig,
+        *,
+        lr: float | None = None,
+        momentum: float | None = None,
+    ) -> None:
         self.params = {name: p.detach().clone().float() for name, p in named_params.items()}
         momentum = config.outer_momentum if momentum is None else momentum
         self.optimizer = torch.optim.SGD(
@@ -57,7 +63,10 @@ class OuterState:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"params": {k: v.clone() for k, v in self.params.items()}, "optimizer": self.optimizer.state_dict()}
+        return {
+            "params": {k: v.clone() for k, v in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():

@@ -40,8 +40,11 @@ def run_cached(
         print(f"[bench] running {name} ...", flush=True)
         summary = launch(config, out, progress=progress, mode=mode)
         digest_path.write_text(digest)
-        print(f"[bench] {name}: eval loss {summary['final_eval_loss']:.4f} "
-              f"({time.perf_counter() - begin:.0f}s real)", flush=True)
+        print(
+            f"[bench] {name}: eval loss {summary['final_eval_loss']:.4f} "
+            f"({time.perf_counter() - begin:.0f}s real)",
+            flush=True,
+        )
     return {"name": name, "config_sha": digest, "overrides": overrides, **summary}
 
 

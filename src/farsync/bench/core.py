@@ -51,8 +51,14 @@ def _base(num_steps: int, quick: bool) -> list[str]:
         "checkpoint.every_rounds=0",
     ]
     if quick:
-        base += ["model.num_layers=1", "model.width=32", "model.num_heads=2", "model.context_length=32",
-                 "train.eval_every=10", "data.max_bytes=300000"]
+        base += [
+            "model.num_layers=1",
+            "model.width=32",
+            "model.num_heads=2",
+            "model.context_length=32",
+            "train.eval_every=10",
+            "data.max_bytes=300000",
+        ]
     return base
 
 
@@ -94,10 +100,17 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "overhead_at_most_3pct": overhead["overhead"] <= 0.03,
     }
     columns = [
-        ("run", "name", ""), ("algorithm", "algorithm", ""), ("workers", "num_workers", ""),
-        ("steps/worker", "num_steps", ""), ("rounds", "num_rounds", ""), ("eval loss", "final_eval_loss", ".4f"),
-        ("vs DDP", "loss_vs_ddp", "+.2%"), ("MB sent/worker", "mb_sent", ".2f"), ("bytes vs DDP", "bytes_vs_ddp", ".1f"),
-        ("wall s (1 Gbit/s)", "wall_s", ".1f"), ("speedup", "speedup_vs_ddp", ".2f"),
+        ("run", "name", ""),
+        ("algorithm", "algorithm", ""),
+        ("workers", "num_workers", ""),
+        ("steps/worker", "num_steps", ""),
+        ("rounds", "num_rounds", ""),
+        ("eval loss", "final_eval_loss", ".4f"),
+        ("vs DDP", "loss_vs_ddp", "+.2%"),
+        ("MB sent/worker", "mb_sent", ".2f"),
+        ("bytes vs DDP", "bytes_vs_ddp", ".1f"),
+        ("wall s (1 Gbit/s)", "wall_s", ".1f"),
+        ("speedup", "speedup_vs_ddp", ".2f"),
         ("compute util", "compute_utilization", ".1%"),
     ]
     for row in rows:

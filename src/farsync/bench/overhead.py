@@ -29,8 +29,9 @@ def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     optimizer.zero_grad(set_to_none=True)
 
 
-def measure_overhead(model_cfg: ModelConfig, *, batch_size: int, num_inner_steps: int, num_blocks: int,
-                     seed: int = 0) -> dict[str, Any]:
+def measure_overhead(
+    model_cfg: ModelConfig, *, batch_size: int, num_inner_steps: int, num_blocks: int, seed: int = 0
+) -> dict[str, Any]:
     """Median seconds per inner step for plain and DiLoCo loops, and the relative overhead."""
     torch.manual_seed(seed)
     plain_model = build_model(model_cfg)
@@ -38,18 +39,23 @@ def measure_overhead(model_cfg: ModelConfig, *, batch_size: int, num_inner_steps
     diloco_model.load_state_dict(plain_model.state_dict())
     plain_opt = torch.optim.AdamW(plain_model.parameters(), lr=1e-3)
     diloco_opt = torch.optim.AdamW(diloco_model.parameters(), lr=1e-3)
-    algorithm = DiLoCo(diloco_model, diloco_opt, Communicator(None, 0, 1),
-                       AlgorithmConfig(num_inner_steps=num_inner_steps))
+    algorithm = DiLoCo(
+        diloco_model, diloco_opt, Communicator(None, 0, 1), AlgorithmConfig(num_inner_steps=num_inner_steps)
+    )
     generator = torch.Generator().manual_seed(seed)
-    batches = [torch.randint(0, 256, (batch_size, model_cfg.context_length + 1), generator=generator)
-               for _ in range(num_inner_steps)]
+    batches = [
+        torch.randint(0, 256, (batch_size, model_cfg.context_length + 1), generator=generator)
+        for _ in range(num_inner_steps)
+    ]
     plain_times: list[float] = []
     diloco_times: list[float] = []
     with algorithm:
         for block in range(num_blocks + 1):
             order = ("plain", "diloco") if block % 2 == 0 else ("diloco", "plain")  # cancel drift
             for which in order:
-                model, optimizer = (plain_model, plain_opt) if which == "plain" else (diloco_model, diloco_opt)
+                model, optimizer = (
+                    (plain_model, plain_opt) if which == "plain" else (diloco_model, diloco_opt)
+                )
                 begin = time.perf_counter()
                 for batch in batches:
                     _step(model, optimizer, batch[:, :-1], batch[:, 1:])

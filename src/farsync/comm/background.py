@@ -24,7 +24,9 @@ T = TypeVar("T")
 class Pending(Generic[T]):
     """A submitted job; :meth:`wait` returns its result once its emulated end has passed."""
 
-    def __init__(self, future: concurrent.futures.Future[tuple[T, float]], clock: Clock, ledger: ByteLedger) -> None:
+    def __init__(
+        self, future: concurrent.futures.Future[tuple[T, float]], clock: Clock, ledger: ByteLedger
+    ) -> None:
         self._future, self._clock, self._ledger = future, clock, ledger
 
     def done(self) -> bool:

@@ -163,7 +163,9 @@ class Communicator:
         work = self.group.alltoall_base(receive, send, sizes, sizes, dist.AllToAllOptions())
 
         def result() -> list[torch.Tensor]:
-            return [part.reshape(c.shape) for part, c in zip(torch.split(receive, sizes), chunks, strict=True)]
+            return [
+                part.reshape(c.shape) for part, c in zip(torch.split(receive, sizes), chunks, strict=True)
+            ]
 
         return self._handle(work, result, Collective.ALL_TO_ALL, total)
 

@@ -36,8 +36,11 @@ def connect(
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = open_store(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-        is_master=rank == 0 and not agent_store, timeout_s=timeout_s,
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_store,
+        timeout_s=timeout_s,
     )
     group = make_group(store, "user", rank, world_size, device=device, timeout_s=timeout_s)
     return Communicator(group, rank, world_size, clock=clock, link=link)

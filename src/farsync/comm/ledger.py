@@ -35,7 +35,9 @@ class ByteLedger:
     peak_sync_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record_call(self, channel: str, collective: str, payload_bytes: int, bytes_sent: int, modeled_s: float) -> None:
+    def record_call(
+        self, channel: str, collective: str, payload_bytes: int, bytes_sent: int, modeled_s: float
+    ) -> None:
         with self._lock:
             entry = self.entries[(channel, collective)]
             entry.calls += 1
@@ -54,7 +56,9 @@ class ByteLedger:
 
     def bytes_sent(self, channel: str | None = None) -> int:
         with self._lock:
-            return sum(e.bytes_sent for (ch, _), e in self.entries.items() if channel is None or ch == channel)
+            return sum(
+                e.bytes_sent for (ch, _), e in self.entries.items() if channel is None or ch == channel
+            )
 
     def blocked_s(self, channel: str | None = None) -> float:
         with self._lock:
@@ -65,9 +69,7 @@ class ByteLedger:
             return {
                 "rank": self.rank,
                 "peak_sync_bytes": self.peak_sync_bytes,
-                "entries": {
-                    f"{ch}/{op}": vars(e).copy() for (ch, op), e in sorted(self.entries.items())
-                },
+                "entries": {f"{ch}/{op}": vars(e).copy() for (ch, op), e in sorted(self.entries.items())},
             }
 
     def load_dict(self, data: dict[str, Any]) -> None:

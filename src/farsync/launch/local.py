@@ -31,8 +31,16 @@ __all__ = ["launch", "run_threads"]
 logger = logging.getLogger(__name__)
 
 
-def _process_entry(config_toml: str, rank: int, world_size: int, port: int, out_dir: str | None,
-                   records: Any, resume: bool, prefix: str) -> None:
+def _process_entry(
+    config_toml: str,
+    rank: int,
+    world_size: int,
+    port: int,
+    out_dir: str | None,
+    records: Any,
+    resume: bool,
+    prefix: str,
+) -> None:
     import tempfile
 
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
@@ -42,7 +50,13 @@ def _process_entry(config_toml: str, rank: int, world_size: int, port: int, out_
     Path(handle.name).unlink()
     store = open_store("127.0.0.1", port, world_size, is_master=False)
     ctx = WorkerContext(
-        rank, world_size, store, Path(out_dir) if out_dir else None, records.put, resume=resume, group_prefix=prefix
+        rank,
+        world_size,
+        store,
+        Path(out_dir) if out_dir else None,
+        records.put,
+        resume=resume,
+        group_prefix=prefix,
     )
     run_worker(config, ctx)
 
@@ -65,23 +79,36 @@ class _Progress:
             self.bar.n = record["step"]
             rate = record["tokens"] / max(time.perf_counter() - self.begin, 1e-9)
             self.bar.set_postfix(
-                round=self.round, loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}",
-                sent=f"{record['bytes_sent'] / 1e6:.1f}MB", refresh=False,
+                round=self.round,
+                loss=f"{record['loss']:.3f}",
+                tok_s=f"{rate:.0f}",
+                sent=f"{record['bytes_sent'] / 1e6:.1f}MB",
+                refresh=False,
             )
             self.bar.refresh()
         elif record["kind"] == "eval" and self.enabled:  # tqdm.write prints even when the bar is disabled
-            self.bar.write(f"step {record['step']:>5}  eval loss {record['eval_loss']:.4f}"
-                           + (f"  acc {record['eval_accuracy']:.3f}" if "eval_accuracy" in record else ""))
+            self.bar.write(
+                f"step {record['step']:>5}  eval loss {record['eval_loss']:.4f}"
+                + (f"  acc {record['eval_accuracy']:.3f}" if "eval_accuracy" in record else "")
+            )
 
     def close(self) -> None:
         self.bar.close()
 
 
-def launch(config: RunConfig, out_dir: Path, *, resume: bool = False, progress: bool = True,
-           mode: Literal["processes", "threads"] = "processes") -> dict[str, Any]:
+def launch(
+    config: RunConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    mode: Literal["processes", "threads"] = "processes",
+) -> dict[str, Any]:
     """Runs ``config.num_workers`` workers to the end; writes the run directory; returns the summary."""
     # A batch larger than a worker's shard is a config error: raise it before anything is written.
-    check_task(config.data, batch_size=config.train.batch_size, num_workers=config.num_workers, seed=config.seed)
+    check_task(
+        config.data, batch_size=config.train.batch_size, num_workers=config.num_workers, seed=config.seed
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.toml").write_text(config_to_toml(config))
     n = config.num_workers
@@ -123,8 +150,15 @@ def _deduplicated(path: Path) -> list[dict[str, Any]]:
     return [records[i] for i in sorted(last.values())]
 
 
-def run_threads(config: RunConfig, n: int, store: Any, out_dir: Path | None, prefix: str, resume: bool,
-                on_record: Any = None) -> list[dict[str, Any]]:
+def run_threads(
+    config: RunConfig,
+    n: int,
+    store: Any,
+    out_dir: Path | None,
+    prefix: str,
+    resume: bool,
+    on_record: Any = None,
+) -> list[dict[str, Any]]:
     """All workers as threads of this process (fast; used by tests and benchmarks)."""
     collected: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -139,7 +173,10 @@ def run_threads(config: RunConfig, n: int, store: Any, out_dir: Path | None, pre
     def target(rank: int) -> None:
         try:
             worker_store = open_store("127.0.0.1", store.port, n + 1, is_master=False)
-            run_worker(config, WorkerContext(rank, n, worker_store, out_dir, sink, resume=resume, group_prefix=prefix))
+            run_worker(
+                config,
+                WorkerContext(rank, n, worker_store, out_dir, sink, resume=resume, group_prefix=prefix),
+            )
         except BaseException as error:  # noqa: BLE001 - re-raised below
             logger.error("worker %d failed: %r", rank, error)
             errors.append(error)
@@ -154,8 +191,9 @@ def run_threads(config: RunConfig, n: int, store: Any, out_dir: Path | None, pre
     return collected
 
 
-def _run_processes(config: RunConfig, n: int, port: int, out_dir: Path, prefix: str, resume: bool,
-                   on_record: Any) -> list[dict[str, Any]]:
+def _run_processes(
+    config: RunConfig, n: int, port: int, out_dir: Path, prefix: str, resume: bool, on_record: Any
+) -> list[dict[str, Any]]:
     context = mp.get_context("spawn")
     records_queue = context.Queue()
     config_toml = config_to_toml(config)
@@ -180,7 +218,9 @@ def _run_processes(config: RunConfig, n: int, port: int, out_dir: Path, prefix: 
             if failed:
                 for process in processes:
                     process.kill()
-                raise RuntimeError(f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}") from None
+                raise RuntimeError(
+                    f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}"
+                ) from None
             continue
         collected.append(record)
         on_record(record)

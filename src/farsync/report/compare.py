@@ -47,7 +47,9 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body])
+    return "\n".join(
+        [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body]
+    )
 
 
 def compare_runs(run_dirs: list[Path], plot_path: Path | None = None) -> str:

@@ -32,10 +32,14 @@ def plot_run(metrics_path: Path, out_path: Path, title: str = "") -> None:
     evals = _eval_points(records)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if steps:
-        left.plot([r["tokens"] for r in steps], [r["loss"] for r in steps], alpha=0.35, label="train (worker 0)")
+        left.plot(
+            [r["tokens"] for r in steps], [r["loss"] for r in steps], alpha=0.35, label="train (worker 0)"
+        )
     if evals:
         left.plot([r["tokens"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
-        right.plot([max(r["bytes_sent"], 1) for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
+        right.plot(
+            [max(r["bytes_sent"], 1) for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval"
+        )
     left.set_xlabel("tokens per worker")
     left.set_ylabel("loss")
     right.set_xlabel("bytes sent per worker")
@@ -59,7 +63,9 @@ def plot_comparison(run_dirs: list[Path], out_path: Path) -> None:
             continue
         label = run_dir.name
         left.plot([r["tokens"] for r in evals], [r["eval_loss"] for r in evals], "o-", label=label)
-        right.plot([max(r["bytes_sent"], 1) for r in evals], [r["eval_loss"] for r in evals], "o-", label=label)
+        right.plot(
+            [max(r["bytes_sent"], 1) for r in evals], [r["eval_loss"] for r in evals], "o-", label=label
+        )
     left.set_xlabel("tokens per worker")
     right.set_xlabel("bytes sent per worker")
     right.set_xscale("log")

@@ -74,5 +74,9 @@ def write_run_outputs(
                 handle.write(json.dumps(record) + "\n")
     summary = build_summary(config, results)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_run(out_dir / "metrics.jsonl", out_dir / "report.png", title=f"{summary['algorithm']} x{summary['num_workers']}")
+    plot_run(
+        out_dir / "metrics.jsonl",
+        out_dir / "report.png",
+        title=f"{summary['algorithm']} x{summary['num_workers']}",
+    )
     return summary
