@@ -9,11 +9,14 @@ from __future__ import annotations
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch.distributed as dist
 
 from farsync.comm.groups import make_group, open_store
+
+if TYPE_CHECKING:  # torch.distributed re-exports Store only at runtime
+    from torch._C._distributed_c10d import Store
 
 __all__ = ["run_ranks"]
 
@@ -21,7 +24,7 @@ T = TypeVar("T")
 
 
 def run_ranks(
-    fn: Callable[[int, int, dist.ProcessGroup | None, dist.Store], T],
+    fn: Callable[[int, int, dist.ProcessGroup | None, Store], T],
     world_size: int,
     *,
     prefix: str = "test",
