@@ -49,13 +49,20 @@ QUICK_MODEL = [
 
 
 def _recipe(h: int) -> list[str]:
-    """The DiLoCo recipe tuned in bench/core.py (outer lr, warm-up, H), without the algorithm name."""
+    """The outer-loop settings of the DiLoCo recipe chosen in bench/core.py (outer lr, momentum, warm-up), at H = h.
+
+    ``DILOCO_RECIPE`` names an entry of core's ``SWEEP`` (or, in older versions, is the override list itself);
+    only its ``algorithm.*`` settings are taken, so a recipe's own compression does not replace DiLoCoX's.
+    """
     try:
-        from farsync.bench.core import DILOCO_RECIPE
+        from farsync.bench import core
     except ImportError:
-        DILOCO_RECIPE = ["algorithm.num_inner_steps=50"]  # noqa: N806 - same name as the imported constant
-    recipe = [o for o in DILOCO_RECIPE if not o.startswith(("algorithm.name", "algorithm.num_inner_steps"))]
-    return [*recipe, f"algorithm.num_inner_steps={h}"]
+        return [f"algorithm.num_inner_steps={h}"]
+    chosen = getattr(core, "DILOCO_RECIPE", [])
+    recipe = getattr(core, "SWEEP", {}).get(chosen, []) if isinstance(chosen, str) else list(chosen)
+    skip = ("algorithm.name", "algorithm.num_inner_steps")
+    kept = [o for o in recipe if o.startswith("algorithm.") and not o.startswith(skip)]
+    return [*kept, f"algorithm.num_inner_steps={h}"]
 
 
 def _variants(h: int, quick: bool) -> dict[str, list[str]]:
@@ -78,7 +85,11 @@ def _variants(h: int, quick: bool) -> dict[str, list[str]]:
             "compression.adaptive=true",
             "compression.error_feedback=false",
         ],
-        "streaming": ["algorithm.name=streaming", *recipe, *(["algorithm.num_fragments=2"] if quick else [])],
+        "streaming": [
+            "algorithm.name=streaming",
+            *recipe,
+            *(["algorithm.num_fragments=2", "algorithm.streaming_tau=2"] if quick else []),
+        ],
         "dilocox_pipeline_2x2": [*dilocox, "parallel.num_stages=2"],
     }
 
