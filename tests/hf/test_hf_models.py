@@ -37,7 +37,7 @@ def test_tiny_model_maps_ids_to_logits_with_hf_parameters(architecture: str) -> 
     # Assert
     assert isinstance(model, HFCausalLM) and model.training
     assert logits.shape == (2, 16, 300) and logits.dtype == torch.float32
-    assert model.hf_model.config.model_type == architecture
+    assert model.config.model_type == architecture
     assert {id(p) for p in model.parameters()} == {id(p) for p in model.hf_model.parameters()}
     expected = estimate_num_parameters(check_hf_model_spec(architecture, size, None, 300, 16))
     assert count_parameters(model) == expected > 0
@@ -52,7 +52,7 @@ def test_logits_are_causal_and_gradients_reach_every_parameter() -> None:
     # Execute
     logits = model(x)
     logits_changed = model(changed)
-    F.cross_entropy(logits.reshape(-1, 300), x.roll(-1, 1).reshape(-1)).backward()
+    F.cross_entropy(logits.reshape(-1, 300), x.roll(-1, 1).reshape(-1)).backward()  # type: ignore[no-untyped-call]
     # Assert: positions before the change are unaffected, the changed one is.
     torch.testing.assert_close(logits[:, :10], logits_changed[:, :10])
     assert not torch.allclose(logits[:, 10], logits_changed[:, 10])
@@ -157,7 +157,7 @@ def test_config_only_directory_builds_a_random_model() -> None:
     model = build_hf_model(None, None, FIXTURE, vocab_size=256, context_length=32, seed=0)
     # Assert
     assert spec.has_weights is False and spec.hf_path == FIXTURE.resolve()
-    config = model.hf_model.config
+    config = model.config
     assert (config.model_type, config.hidden_size, config.num_key_value_heads) == ("llama", 32, 2)
     assert model(torch.randint(0, 256, (1, 32))).shape == (1, 32, 300)
 

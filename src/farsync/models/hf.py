@@ -360,7 +360,8 @@ class HFCausalLM(nn.Module):
 
     def __init__(self, hf_model: nn.Module, context_length: int | None = None) -> None:
         super().__init__()
-        self.hf_model = hf_model
+        self.hf_model: Any = hf_model
+        """The wrapped ``transformers`` ``PreTrainedModel`` (typed ``Any``: its methods come from transformers)."""
         config = getattr(hf_model, "config", None)
         limits = _config_limits(config.to_dict()) if config is not None else (None, None)
         self.vocab_size: int | None = limits[0]
