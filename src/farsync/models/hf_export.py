@@ -1,0 +1,159 @@
+"""Export a trained Hugging Face model as a standard model directory (config + safetensors + tokenizer).
+
+This module owns writing a model that ``transformers`` can load with no farsync code:
+:func:`export_hf_directory` writes ``config.json``, ``generation_config.json`` and the weights as
+``model.safetensors`` (or ``model-0000i-of-0000n.safetensors`` shards plus ``model.safetensors.index.json``
+when they exceed ``max_shard_size``) through ``PreTrainedModel.save_pretrained``, plus the tokenizer's
+``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` when one is given.
+:func:`load_exported` loads such a directory back with
+``AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)``.
+
+Problems raise :class:`HFExportError` (a ``ValueError``) naming the directory or argument.
+``transformers`` is an optional dependency (``pip install farsync[hf]``), imported only when used.
+References: ``transformers``' `model sharing and sharded checkpoints
+<https://huggingface.co/docs/transformers/main/en/big_models>`_ and the `safetensors format
+<https://huggingface.co/docs/safetensors>`_.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:  # only the protocol: importing this module never imports farsync.data
+    from farsync.data.tokenizer import Tokenizer
+
+__all__ = [
+    "EXPORTED_WEIGHT_INDEX",
+    "EXPORTED_WEIGHTS",
+    "HFExportError",
+    "export_hf_directory",
+    "load_exported",
+]
+
+logger = logging.getLogger(__name__)
+
+EXPORTED_WEIGHTS = "model.safetensors"
+"""Weight file of an unsharded export."""
+EXPORTED_WEIGHT_INDEX = "model.safetensors.index.json"
+"""Index file of a sharded export (maps each tensor name to its shard file)."""
+
+_STALE_PATTERNS = (
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "config.json",
+    "generation_config.json",
+    # farsync.data.tokenizer.TOKENIZER_FILES
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+class HFExportError(ValueError):
+    """A model or directory that cannot be exported or loaded; the message names which."""
+
+
+def _pretrained(model: nn.Module) -> Any:
+    # The farsync wrapper (farsync.models.hf.HFCausalLM) keeps the transformers model as ``hf_model``.
+    inner = getattr(model, "hf_model", model)
+    if not callable(getattr(inner, "save_pretrained", None)) or getattr(inner, "config", None) is None:
+        raise HFExportError(
+            f"cannot export a {type(model).__name__}: expected a transformers PreTrainedModel or a model built "
+            "by farsync.models.hf.build_hf_model (farsync's own GPT has no Hugging Face format)"
+        )
+    return inner
+
+
+def _prepare_directory(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HFExportError(f"export directory {str(out_dir)!r} is a file; expected a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise HFExportError(
+                f"export directory {str(out_dir)!r} is not empty; choose an empty or new directory, or pass "
+                "overwrite=True to replace a previous export"
+            )
+        # Only files an export writes are removed: stale shards would otherwise mix with the new weights.
+        for pattern in _STALE_PATTERNS:
+            for stale in out_dir.glob(pattern):
+                if stale.is_file():
+                    stale.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def export_hf_directory(
+    model: nn.Module,
+    out_dir: str | os.PathLike[str],
+    tokenizer: Tokenizer | None = None,
+    *,
+    max_shard_size: str | int = "2GB",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``model`` (and ``tokenizer``) as a Hugging Face model directory; returns the files written.
+
+    ``model`` is an :class:`~farsync.models.hf.HFCausalLM` or a ``transformers`` ``PreTrainedModel``. The
+    weights go to safetensors, split into shards of at most ``max_shard_size`` (bytes, or a string such as
+    ``"2GB"`` / ``"500MB"``) with an index when larger. ``out_dir`` must be new or empty unless
+    ``overwrite`` is set, in which case the files of a previous export there are replaced (other files are
+    left alone). Raises :class:`HFExportError` for a non-HF model, a non-empty directory, a tokenizer with
+    more ids than the model's vocabulary, or an invalid ``max_shard_size``.
+    """
+    pretrained = _pretrained(model)
+    if isinstance(max_shard_size, bool) or (isinstance(max_shard_size, int) and max_shard_size < 1):
+        raise HFExportError(
+            f"max_shard_size must be a positive byte count or a size like '2GB', got {max_shard_size!r}"
+        )
+    model_vocab = getattr(pretrained.config, "vocab_size", None)
+    if tokenizer is not None and isinstance(model_vocab, int) and tokenizer.vocab_size > model_vocab:
+        raise HFExportError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary only {model_vocab}; "
+            "export the tokenizer the model was trained with"
+        )
+    directory = Path(out_dir).expanduser()
+    _prepare_directory(directory, overwrite)
+    save = pretrained.save_pretrained
+    kwargs: dict[str, Any] = {"max_shard_size": max_shard_size}
+    if "safe_serialization" in inspect.signature(save).parameters:  # transformers 4.x; 5.x always uses it
+        kwargs["safe_serialization"] = True
+    try:
+        save(str(directory), **kwargs)
+    except ValueError as error:
+        raise HFExportError(f"cannot save the model to {str(directory)!r} ({error})") from error
+    if not (directory / EXPORTED_WEIGHTS).is_file() and not (directory / EXPORTED_WEIGHT_INDEX).is_file():
+        raise HFExportError(f"transformers wrote no safetensors weights to {str(directory)!r}")
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    written = sorted(path for path in directory.iterdir() if path.is_file())
+    logger.info("exported %s to %s (%d files)", type(pretrained).__name__, directory, len(written))
+    return written
+
+
+def load_exported(directory: str | os.PathLike[str]) -> Any:
+    """Load an exported directory with ``AutoModelForCausalLM.from_pretrained(..., local_files_only=True)``.
+
+    Returns the ``transformers`` model (in eval mode, as ``from_pretrained`` leaves it). Raises
+    :class:`HFExportError` naming the directory when it is missing or not a loadable model directory.
+    """
+    path = Path(directory).expanduser()
+    if not (path / "config.json").is_file():
+        raise HFExportError(
+            f"{str(path)!r} is not an exported model directory; expected config.json and safetensors weights"
+        )
+    try:
+        import transformers
+    except ImportError as error:  # pragma: no cover - exercised only without the extra
+        raise HFExportError(
+            "loading an export needs the transformers library: pip install farsync[hf]"
+        ) from error
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise HFExportError(f"cannot load the model in {str(path)!r} ({error})") from error
