@@ -12,13 +12,13 @@ transformers = pytest.importorskip("transformers")
 
 from farsync.data.tokenizer import ByteTokenizer, train_bpe  # noqa: E402
 from farsync.models import GPT, GPTConfig  # noqa: E402
-from farsync.models.hf import build_hf_model  # noqa: E402
+from farsync.models.hf import HFCausalLM, build_hf_model  # noqa: E402
 from farsync.models.hf_export import HFExportError, export_hf_directory, load_exported  # noqa: E402
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
 
 
-def _trained_a_little(architecture: str = "llama", vocab_size: int = 300) -> torch.nn.Module:
+def _trained_a_little(architecture: str = "llama", vocab_size: int = 300) -> HFCausalLM:
     size = dict(TINY, num_kv_heads=4) if architecture == "gpt2" else TINY
     model = build_hf_model(architecture, size, None, vocab_size=vocab_size, context_length=16, seed=0)
     with torch.no_grad():  # move away from the initialisation so a silent re-init would show
