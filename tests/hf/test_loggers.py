@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -138,7 +139,10 @@ def test_unknown_names_and_missing_libraries_name_the_extra(
         make_loggers(["mlflow"], tmp_path)
     with pytest.raises(LoggerError, match="must be a list"):
         check_logger_names("tensorboard")
+    check_logger_names(["tensorboard"] if importlib.util.find_spec("tensorboard") else [])
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` raise ImportError
+    with pytest.raises(LoggerError, match=r"'wandb' needs the wandb package: pip install farsync\[wandb\]"):
+        check_logger_names(["wandb"])
     with pytest.raises(LoggerError, match=r"needs the wandb package: pip install farsync\[wandb\]"):
         make_loggers(["wandb"], tmp_path)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)

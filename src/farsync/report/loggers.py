@@ -239,7 +239,11 @@ def _unique_names(names: Sequence[str]) -> list[str]:
 def check_logger_names(names: Sequence[str]) -> None:
     """Cheap launcher check: every name is known and its library is installed (nothing is imported)."""
     for name in _unique_names(names):
-        if importlib.util.find_spec(_REQUIRED_MODULE[name]) is None:
+        try:
+            found = importlib.util.find_spec(_REQUIRED_MODULE[name]) is not None
+        except (ImportError, ValueError):  # a broken or blocked install
+            found = False
+        if not found:
             raise LoggerError(
                 f"logger {name!r} needs the {_REQUIRED_MODULE[name]} package: "
                 f"pip install farsync[{LOGGER_NAMES[name]}]"
