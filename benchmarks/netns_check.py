@@ -15,7 +15,7 @@ For each config the script runs
 1. the **prediction**: the config with ``network.emulation = "virtual"`` through the local launcher
    (processes, loopback); its ``wall_s`` is the emulator's prediction of the run's time on the link;
 2. the **kernel-shaped run**: one ``torchrun`` per namespace (``--nnodes N --node-rank i``, static
-   rendezvous at worker 0's address) running ``python -m farsync.worker CONFIG.toml --set
+   rendezvous at worker 0's address) running ``python -m farsync.launch.torchrun CONFIG.toml --set
    network.emulation="off"``, gloo bound to ``fs0``; its ``wall_s`` is measured real time;
 
 and reports the relative error (target: within 15%). It also times the int8 quantized ring all-reduce and
@@ -161,7 +161,7 @@ def kernel_shaped(name: str, overrides: list[str], out: Path, n: int) -> dict[st
             "ip", "netns", "exec", worker_ns(i), torchrun,
             f"--nnodes={n}", f"--node-rank={i}", "--nproc-per-node=1",
             f"--master-addr={SUBNET}.1", f"--master-port={PORT}",
-            "-m", "farsync.worker", str(config_path),
+            "-m", "farsync.launch.torchrun", str(config_path),
             "--set", 'network.emulation="off"', "--out", str(run_dir),
         ]  # fmt: skip
         log = open(run_dir / f"torchrun{i}.log", "w")  # noqa: SIM115 - closed after the wait
@@ -181,7 +181,7 @@ def timing_worker(rank: int, world: int, numel: int, repeats: int, out_file: str
     """One rank of the kernel-shaped all-reduce timing (run inside its namespace)."""
     import torch
 
-    from farsync.comm.allreduce_timing import time_allreduce
+    from farsync.bench.allreduce_timing import time_allreduce
     from farsync.comm.clock import Clock
     from farsync.comm.communicator import Communicator
     from farsync.comm.groups import make_group, open_store
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"netns_check: --configs {unknown}: allowed: {', '.join(CONFIGS)}", file=sys.stderr)
         return 2
-    from farsync.comm.allreduce_timing import compare_allreduce
+    from farsync.bench.allreduce_timing import compare_allreduce
     from farsync.config import parse_bandwidth
 
     bandwidth_bps = parse_bandwidth(args.bandwidth, "--bandwidth")

@@ -11,7 +11,6 @@ The public API: wrap your own loop with an algorithm, get a communicator, config
 from farsync.algorithms import DDP, Algorithm, DiLoCo, FedAvg, algorithm_class, params_sha256
 from farsync.comm import ByteLedger, Clock, Communicator, LinkModel, make_group, open_store
 from farsync.comm.connect import connect
-from farsync.comm.reducer import MeanReducer, Reducer
 from farsync.config import (
     AlgorithmConfig,
     CompressionConfig,
@@ -20,6 +19,7 @@ from farsync.config import (
     RunConfig,
     load_config,
 )
+from farsync.reducers.base import MeanReducer, Reducer
 
 __all__ = [
     "DDP",

@@ -2,7 +2,7 @@
 
 import torch
 
-from farsync.byzantine import Attack, AttackContext
+from farsync.sim.attacks import Attack, AttackContext
 
 NOT_CALLABLE = 42
 

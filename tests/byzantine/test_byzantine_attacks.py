@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from farsync.byzantine import (
+from farsync.sim.attacks import (
     BUILTIN_ATTACKS,
     LABEL_FLIP,
     AttackContext,

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from farsync.byzantine import StrikeBook, validate_update
+from farsync.reducers.validation import StrikeBook, validate_update
 
 
 def check(update: torch.Tensor, max_norm: float | None = None) -> str | None:
@@ -51,7 +51,7 @@ def test_strikes_exclude_after_max_strikes(caplog: pytest.LogCaptureFixture) -> 
     # Prepare
     book = StrikeBook(max_strikes=2)
     # Execute
-    with caplog.at_level(logging.WARNING, logger="farsync.byzantine.validation"):
+    with caplog.at_level(logging.WARNING, logger="farsync.reducers.validation"):
         first = book.record(worker=3, round=0, reason="non-finite values")
         second = book.record(worker=3, round=4, reason="norm 9 above bound 1")
     book.record(worker=1, round=4, reason="non-finite values")

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from farsync.collectives.quantized_ring import _LinkPacer, ring_bytes_sent, ring_chunks
+from farsync.collectives.ring_codecs import CODEC_KINDS, make_codec
 from farsync.comm.cost import LinkModel
-from farsync.comm.quantized_ring import _LinkPacer, ring_bytes_sent, ring_chunks
-from farsync.comm.ring_codecs import CODEC_KINDS, make_codec
 
 
 @pytest.mark.parametrize("kind", CODEC_KINDS)

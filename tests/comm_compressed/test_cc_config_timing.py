@@ -2,11 +2,11 @@
 
 import pytest
 
-from farsync.build import build_reducer
-from farsync.comm.allreduce_timing import compare_allreduce
+from farsync.bench.allreduce_timing import compare_allreduce
 from farsync.comm.communicator import Communicator
-from farsync.comm.compressed import GatherReducer, LowRankReducer, RingReducer
 from farsync.config import ConfigError, load_config
+from farsync.reducers.compressed import GatherReducer, LowRankReducer, RingReducer
+from farsync.train.build import build_reducer
 
 
 @pytest.mark.parametrize(

@@ -5,15 +5,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from farsync.comm.adaptive_lowrank import AdaptiveLowRankReducer
+from farsync.collectives.lowrank_allreduce import LowRankAllReduce
+from farsync.collectives.ring_codecs import make_codec
 from farsync.comm.communicator import Communicator
-from farsync.comm.compressed import GatherReducer, RingReducer
 from farsync.comm.cost import LinkModel
-from farsync.comm.lowrank_allreduce import LowRankAllReduce
-from farsync.comm.ring_codecs import make_codec
 from farsync.compress import TopK
 from farsync.config import CompressionConfig
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.adaptive_lowrank import AdaptiveLowRankReducer
+from farsync.reducers.compressed import GatherReducer, RingReducer
+from farsync.sim.ranks import run_ranks
 
 
 def test_lowrank_all_reduce_is_exact_for_rank_r_data_and_equal_on_all_ranks() -> None:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from farsync.collectives.quantized_ring import quantized_ring_all_reduce, ring_bytes_sent
+from farsync.collectives.ring_codecs import make_codec
 from farsync.comm.communicator import Communicator
-from farsync.comm.quantized_ring import quantized_ring_all_reduce, ring_bytes_sent
-from farsync.comm.ring_codecs import make_codec
-from farsync.testing.ranks import run_ranks
+from farsync.sim.ranks import run_ranks
 
 WORLD = 4
 NUMEL = 50_000

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from farsync.comm.communicator import Communicator
-from farsync.comm.compressed import build_compressed_reducer
-from farsync.comm.reducer import MeanReducer
 from farsync.config import load_config
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.base import MeanReducer
+from farsync.reducers.compressed import build_compressed_reducer
+from farsync.sim.ranks import run_ranks
 
 WORLD = 4
 WEIGHTS = [1.0, 3.0, 0.0, 2.0]  # rank 2 is left out; its update is garbage that must not leak in

@@ -19,7 +19,7 @@ from farsync.algorithms.diloco import DiLoCo
 from farsync.algorithms.fedavg import FedAvg
 from farsync.comm.communicator import Communicator
 from farsync.config import AlgorithmConfig
-from farsync.testing.ranks import run_ranks
+from farsync.sim.ranks import run_ranks
 
 INITIAL = np.array([[1.0, -2.0, 0.5]])
 """Weights of the 1x3 linear layer every rank starts from."""

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from farsync.checkpoint import CheckpointError, find_latest, load_worker_state, prune, save_worker_state
 from farsync.config import RunConfig
 from farsync.launch.local import launch
+from farsync.train.checkpoint import CheckpointError, find_latest, load_worker_state, prune, save_worker_state
 
 RUN = ["num_workers=2", "train.num_steps=8", "algorithm.num_inner_steps=2", "train.eval_every=100"]
 """2 workers, 4 rounds of H=2, a checkpoint every round, all kept."""
@@ -60,7 +60,7 @@ def test_find_latest_skips_a_damaged_round_with_a_warning_naming_the_file(
     damaged = tmp_path / "checkpoints" / "round_000002" / "worker_1.pt"
     damage(damaged)
     # Execute
-    with caplog.at_level(logging.WARNING, logger="farsync.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="farsync.train.checkpoint"):
         found = find_latest(tmp_path, 2)
     # Assert
     assert found == (1, tmp_path / "checkpoints" / "round_000001")
@@ -162,7 +162,7 @@ def test_resume_falls_back_past_a_corrupted_newest_checkpoint_and_still_matches(
     shutil.copytree(full_dir / "checkpoints" / "round_000003", target / "checkpoints" / "round_000003")
     _flip_byte(target / "checkpoints" / "round_000003" / "worker_0.pt", offset=500)
     # Execute
-    with caplog.at_level(logging.WARNING, logger="farsync.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="farsync.train.checkpoint"):
         resumed = _resume_from(full_dir, target, [2], config)
     # Assert
     assert resumed["global_params_sha256"] == full["global_params_sha256"]

@@ -19,7 +19,7 @@ from farsync.config import (
     parse_bandwidth,
     parse_duration,
 )
-from farsync.task import build_task
+from farsync.train.task import build_task
 
 # ------------------------------------------------------------------------------------------- parsing
 

@@ -143,7 +143,7 @@ def test_torchrun_two_processes_complete_with_equal_global_weights(
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "farsync.worker", str(config_path), "--out", str(out),
+        "-m", "farsync.launch.torchrun", str(config_path), "--out", str(out),
     ]  # fmt: skip
     # Execute
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env())

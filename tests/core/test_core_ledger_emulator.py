@@ -13,15 +13,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from farsync.build import link_for_group
 from farsync.comm.background import BackgroundSync
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.cost import Collective, LinkModel, wire_bytes, wire_time
 from farsync.comm.ledger import ByteLedger
-from farsync.comm.reducer import MeanReducer
 from farsync.config import NetworkConfig
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.base import MeanReducer
+from farsync.sim.ranks import run_ranks
+from farsync.train.build import link_for_group
 
 SLACK_S = 20.0
 """Real loopback time an emulated collective may add on top of its modeled time on a loaded machine."""

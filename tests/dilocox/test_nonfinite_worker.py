@@ -15,9 +15,9 @@ from farsync.algorithms.dilocox import DiLoCoX
 from farsync.algorithms.overlap import OverlappedDiLoCo
 from farsync.algorithms.streaming import StreamingDiLoCo
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import MeanReducer
 from farsync.config import AlgorithmConfig
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.base import MeanReducer
+from farsync.sim.ranks import run_ranks
 
 BAD_RANK, H = 2, 2
 _INIT_LOCK = threading.Lock()

@@ -14,7 +14,7 @@ from farsync.algorithms.overlap import OverlappedDiLoCo
 from farsync.algorithms.registry import algorithm_class
 from farsync.comm.communicator import Communicator
 from farsync.config import AlgorithmConfig
-from farsync.testing.ranks import run_ranks
+from farsync.sim.ranks import run_ranks
 
 H, ROUNDS = 3, 4
 

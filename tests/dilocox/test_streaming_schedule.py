@@ -13,10 +13,10 @@ from farsync.algorithms.diloco import DiLoCo
 from farsync.algorithms.fragments import fragment_offsets, fragments_starting, split_fragments
 from farsync.algorithms.streaming import StreamingDiLoCo
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import MeanReducer
 from farsync.config import AlgorithmConfig, ConfigError, ModelConfig
-from farsync.task import build_model
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.base import MeanReducer
+from farsync.sim.ranks import run_ranks
+from farsync.train.task import build_model
 
 
 def test_gpt_blocks_are_strided_and_embed_head_balance_the_fragments() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from farsync.config import load_config
 from farsync.elastic.launch import launch_elastic
-from farsync.testing.faults import FaultPlan, ScheduledKill
+from farsync.sim.faults import FaultPlan, ScheduledKill
 
 
 def test_kill_mid_round_restart_heal_and_finish_with_equal_weights(tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ from torch import nn
 from farsync.algorithms.diloco import OuterState
 from farsync.comm.communicator import Communicator
 from farsync.comm.groups import open_store
-from farsync.comm.reducer import MeanReducer
 from farsync.config import load_config
 from farsync.elastic.client import CoordinatorClient
 from farsync.elastic.coordinator import Coordinator
 from farsync.elastic.quorum import Decision
 from farsync.elastic.reducer import ElasticReducer
+from farsync.reducers.base import MeanReducer
 
 
 class Target:

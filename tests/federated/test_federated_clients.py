@@ -14,8 +14,8 @@ from farsync.config import DataConfig, FederatedConfig, load_config
 from farsync.data import load_digits_split
 from farsync.federated import Client, build_clients, train_client, train_clients
 from farsync.federated.driver import FederatedDriver
-from farsync.testing.ranks import run_ranks
-from farsync.worker import WorkerContext
+from farsync.sim.ranks import run_ranks
+from farsync.train import WorkerContext
 
 
 def _labels_per_client(data: DataConfig, num_clients: int, labels: np.ndarray[Any, Any]) -> list[int]:

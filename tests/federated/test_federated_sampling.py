@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import MeanReducer
 from farsync.config import ConfigError, load_config
 from farsync.federated import (
     clients_of_worker,
@@ -17,7 +16,8 @@ from farsync.federated import (
     sample_clients,
     weighted_partial_sum,
 )
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.base import MeanReducer
+from farsync.sim.ranks import run_ranks
 
 
 def test_clients_per_round() -> None:

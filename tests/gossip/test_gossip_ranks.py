@@ -13,7 +13,7 @@ from farsync.algorithms.gossip import Gossip, mix_interval
 from farsync.comm.communicator import Communicator
 from farsync.comm.ledger import ByteLedger
 from farsync.config import GossipConfig, load_config
-from farsync.testing.ranks import run_ranks
+from farsync.sim.ranks import run_ranks
 
 WORLD = 4
 

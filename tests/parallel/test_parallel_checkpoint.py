@@ -11,9 +11,9 @@ import pytest
 import torch
 from parallel_helpers import TINY, losses, pipelined
 
-from farsync.checkpoint import find_latest, load_worker_state
 from farsync.config import load_config
 from farsync.launch.local import launch
+from farsync.train.checkpoint import find_latest, load_worker_state
 
 CHECKPOINTED = [*TINY, *pipelined(), "checkpoint.every_rounds=1", "checkpoint.keep=5"]
 

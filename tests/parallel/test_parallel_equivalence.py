@@ -11,7 +11,7 @@ from parallel_helpers import TINY, losses, pipelined, records
 
 from farsync.config import load_config
 from farsync.launch.local import launch
-from farsync.parallel import pipeline_report
+from farsync.report.pipeline import pipeline_report
 
 TOLERANCE = 1e-4
 

@@ -18,7 +18,7 @@ from farsync.comm.groups import open_store
 from farsync.config import AlgorithmConfig
 from farsync.models import GPT, GPTConfig, gpt_stage
 from farsync.parallel import Mesh, build_mesh_groups, schedule_actions
-from farsync.task import MODEL_INIT_LOCK
+from farsync.train.task import MODEL_INIT_LOCK
 
 if TYPE_CHECKING:
     from torch._C._distributed_c10d import Store

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import MeanReducer
 from farsync.config import PrivacyConfig
-from farsync.privacy import PrivateReducer, find_private_reducer
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.base import MeanReducer
+from farsync.reducers.private import PrivateReducer, find_private_reducer
+from farsync.sim.ranks import run_ranks
 
 UPDATES = [torch.tensor([3.0, 4.0]), torch.tensor([0.0, 0.5])]  # norms 5 and 0.5
 WEIGHTS = [10.0, 90.0]

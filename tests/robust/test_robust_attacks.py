@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from farsync.byzantine.reducer import build_attacking_reducer
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import MeanReducer
 from farsync.config import load_config
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.base import MeanReducer
+from farsync.sim.attacking import build_attacking_reducer
+from farsync.sim.ranks import run_ranks
 
 WORLD = 4
 BYZANTINE = [1, 3]
@@ -87,7 +87,7 @@ def test_bad_attack_settings_name_the_key(overrides: list[str], key: str) -> Non
 def test_label_flip_worker_trains_on_flipped_labels() -> None:
     from farsync.config import DataConfig, ModelConfig
     from farsync.data import ArrayBatches
-    from farsync.task import build_task
+    from farsync.train.task import build_task
 
     def labels(flip: bool) -> torch.Tensor:
         task = build_task(

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from farsync.aggregate import build_aggregator, weighted_mean
-from farsync.comm.butterfly import ShardLayout
+from farsync.collectives.butterfly import ShardLayout
 from farsync.comm.communicator import Communicator
-from farsync.comm.robust import RobustReducer
 from farsync.config import AggregationConfig
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.robust import RobustReducer
+from farsync.sim.ranks import run_ranks
 
 WORLD = 4
 NUMEL = 10  # not a multiple of WORLD: the last shard is padded
@@ -93,8 +93,8 @@ def test_bytes_per_worker_about_twice_the_update() -> None:
 
 def test_compressed_shards_are_decoded_before_the_rule() -> None:
     # Prepare: the full reducer stack, as build.py makes it, with int8 shards on the wire.
-    from farsync.build import build_reducer
     from farsync.config import load_config
+    from farsync.train.build import build_reducer
 
     config = load_config(
         None,

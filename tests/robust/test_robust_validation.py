@@ -11,9 +11,9 @@ import torch
 
 from farsync.aggregate import median
 from farsync.comm.communicator import Communicator
-from farsync.comm.robust import RobustReducer
 from farsync.config import AggregationConfig
-from farsync.testing.ranks import run_ranks
+from farsync.reducers.robust import RobustReducer
+from farsync.sim.ranks import run_ranks
 
 WORLD = 4
 BAD = 1

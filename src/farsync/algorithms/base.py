@@ -13,7 +13,7 @@ So wrapping an existing loop is::
             optimizer.step()          # hooks fire here
             optimizer.zero_grad()
 
-An algorithm decides *when* to talk and *what* to send; the :class:`~farsync.comm.reducer.Reducer` it is
+An algorithm decides *when* to talk and *what* to send; the :class:`~farsync.reducers.base.Reducer` it is
 given decides *how* (fp32, compressed, robust). On exit from the ``with`` block the algorithm finishes any
 synchronisation still in flight, so the model holds the final global weights.
 """
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import MeanReducer, Reducer
+from farsync.reducers.base import MeanReducer, Reducer
 
 __all__ = ["Algorithm", "params_sha256"]
 
@@ -139,7 +139,7 @@ class Algorithm(ABC):
 
     def metrics(self) -> dict[str, Any]:
         """Extra per-round metrics (chosen rank, bits, ...); by default those of the reducer chain."""
-        from farsync.algorithms.budget import reducer_metrics
+        from farsync.reducers.budget import reducer_metrics
 
         return reducer_metrics(self.reducer)
 

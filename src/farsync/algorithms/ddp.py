@@ -14,7 +14,7 @@ from torch import nn
 
 from farsync.algorithms.base import Algorithm
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import Reducer
+from farsync.reducers.base import Reducer
 
 __all__ = ["DDP"]
 

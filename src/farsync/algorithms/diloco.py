@@ -27,8 +27,8 @@ from torch import nn
 
 from farsync.algorithms.base import Algorithm
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import Reducer
 from farsync.config import AlgorithmConfig
+from farsync.reducers.base import Reducer
 
 __all__ = ["DiLoCo", "OuterState"]
 

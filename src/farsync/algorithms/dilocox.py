@@ -34,8 +34,8 @@ from torch import nn
 
 from farsync.algorithms.overlap import OverlappedDiLoCo
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import MeanReducer, Reducer
 from farsync.config import AlgorithmConfig, CompressionConfig, RunConfig
+from farsync.reducers.base import MeanReducer, Reducer
 
 __all__ = ["DiLoCoX", "dilocox_compression"]
 
@@ -54,9 +54,9 @@ def _dilocox_reducer(run_config: RunConfig, comm: Communicator, given: Reducer) 
     if compression is run_config.compression or type(given) is not MeanReducer:
         return given  # the run configured its own reducer (compressed, robust, private): use it as built
     try:
-        from farsync.comm.compressed import build_compressed_reducer
+        from farsync.reducers.compressed import build_compressed_reducer
     except ImportError:
-        logger.warning("dilocox: farsync.comm.compressed is not available; sending fp32 pseudo-gradients")
+        logger.warning("dilocox: farsync.reducers.compressed is not available; sending fp32 pseudo-gradients")
         return given
     built: Reducer = build_compressed_reducer(
         dataclasses.replace(run_config, compression=compression), comm, given

@@ -10,7 +10,7 @@ With ``federated.num_clients > 0`` a run has many clients per worker, sampled pe
 :mod:`farsync.federated.driver` (the worker dispatches to it), because it trains clients in turn instead of
 hooking one optimizer. This class is the one-client-per-worker form that hooks the user's optimizer.
 
-Privacy: with ``privacy.mode`` set, the reducer is a :class:`~farsync.privacy.reducer.PrivateReducer`
+Privacy: with ``privacy.mode`` set, the reducer is a :class:`~farsync.reducers.private.PrivateReducer`
 (clipping, noise, uniform client weights) and :meth:`FedAvg.metrics` reports the epsilon spent each round.
 
 Failure: as DiLoCo (a non-finite local model is left out of the round with weight 0).
@@ -25,8 +25,8 @@ from torch import nn
 
 from farsync.algorithms.diloco import DiLoCo, OuterState
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import Reducer
 from farsync.config import AlgorithmConfig
+from farsync.reducers.base import Reducer
 
 __all__ = ["FedAvg"]
 
@@ -56,7 +56,7 @@ class FedAvg(DiLoCo):
 
     def metrics(self) -> dict[str, Any]:
         """``privacy_epsilon`` (at ``privacy_delta``) spent so far when the reducer is private."""
-        from farsync.privacy.reducer import find_private_reducer
+        from farsync.reducers.private import find_private_reducer
 
         private = find_private_reducer(self.reducer)
         if private is None:

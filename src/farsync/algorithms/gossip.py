@@ -54,8 +54,8 @@ from farsync.algorithms.base import Algorithm
 from farsync.algorithms.topology import metropolis_hastings, topology_graph
 from farsync.comm.communicator import Communicator, Handle
 from farsync.comm.cost import Collective
-from farsync.comm.reducer import Reducer, flatten, unflatten
 from farsync.config import AlgorithmConfig, ConfigError, GossipConfig, RunConfig
+from farsync.reducers.base import Reducer, flatten, unflatten
 
 __all__ = ["Gossip", "consensus_distance", "mix_interval", "variance_corrected"]
 

@@ -52,13 +52,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from farsync.algorithms.budget import reducer_metrics, set_time_budget
 from farsync.algorithms.diloco import DiLoCo, OuterState
 from farsync.algorithms.step_timer import InnerStepTimer
 from farsync.comm.background import BackgroundSync, Pending
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import Reducer
 from farsync.config import AlgorithmConfig
+from farsync.reducers.base import Reducer
+from farsync.reducers.budget import reducer_metrics, set_time_budget
 
 __all__ = ["OverlappedDiLoCo", "checked_pseudo_gradient"]
 

@@ -25,7 +25,7 @@ The norm bound is ``MAX_NORM``, about 5x the largest honest pseudo-gradient norm
 seen in this setting (2.0, in the second round), so the large-norm attacks are excluded after three rounds and only the subtle ones
 (ALIE, label flip, stale) reach the rule. Attack strength: ``byzantine.scale = 1000`` (sign flip x1000,
 Gaussian std 1000, constant 1000); ALIE's z from the number of workers and attackers; stale replays the
-update from :data:`~farsync.byzantine.reducer.STALE_ROUNDS` rounds ago.
+update from :data:`~farsync.sim.attacking.STALE_ROUNDS` rounds ago.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from farsync.comm.groups import open_store
 from farsync.config import RunConfig, load_config
 from farsync.launch.local import run_threads
 from farsync.report.summary import build_summary
-from farsync.worker import read_results
+from farsync.train import read_results
 
 __all__ = ["ATTACKS", "COUNTS", "DEFENCES", "MAX_NORM", "OUTLIER_RATIO", "RULES", "run"]
 

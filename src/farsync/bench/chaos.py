@@ -2,7 +2,7 @@
 
 Four workers train a small GPT with DiLoCo for 20 rounds (H = 10) over an emulated wide-area link (20 Mbit/s,
 200 ms, really slept so that kills land in collectives as well as in inner steps). The fault injector
-(:mod:`farsync.testing.faults`) kills a random worker with SIGKILL about every 2 rounds (at a random moment
+(:mod:`farsync.sim.faults`) kills a random worker with SIGKILL about every 2 rounds (at a random moment
 within a few seconds of the trigger) and restarts it 5 s later; the restarted worker rejoins at the next
 round boundary and heals from a live peer. ``elastic.min_workers = 2``: never fewer than two train. The
 chaotic run is repeated with two fault seeds (``FARSYNC_CHAOS_SEEDS``, default ``1,2``): "completes every
@@ -27,7 +27,7 @@ from typing import Any
 from farsync.bench.common import markdown_table, write_results
 from farsync.config import RunConfig, load_config
 from farsync.elastic.launch import launch_elastic
-from farsync.testing.faults import FaultPlan
+from farsync.sim.faults import FaultPlan
 
 __all__ = ["run"]
 

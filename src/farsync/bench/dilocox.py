@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from farsync.bench.allreduce_timing import compare_allreduce
 from farsync.bench.common import markdown_table, run_cached, write_results
-from farsync.comm.allreduce_timing import compare_allreduce
 from farsync.config import load_config
 from farsync.launch.local import launch
 

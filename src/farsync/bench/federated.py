@@ -40,7 +40,7 @@ from farsync.comm.cost import Collective, wire_bytes
 from farsync.config import RunConfig, load_config
 from farsync.federated.driver import FederatedDriver
 from farsync.launch.local import launch
-from farsync.worker import WorkerContext
+from farsync.train import WorkerContext
 
 __all__ = ["run"]
 

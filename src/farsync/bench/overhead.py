@@ -16,7 +16,7 @@ import torch
 from farsync.algorithms.diloco import DiLoCo
 from farsync.comm.communicator import Communicator
 from farsync.config import AlgorithmConfig, ModelConfig
-from farsync.task import build_model
+from farsync.train.task import build_model
 
 __all__ = ["measure_overhead"]
 

@@ -6,7 +6,7 @@ This package owns everything between files on disk and a worker's minibatches; i
 from __future__ import annotations
 
 from farsync.data.batches import ArrayBatches, TokenBatches, eval_batches
-from farsync.data.classification import ClassificationData, load_digits_split, load_npz
+from farsync.data.classification import ClassificationData, flip_labels, load_digits_split, load_npz
 from farsync.data.corpus import (
     TEXT_SUFFIXES,
     TextCorpus,
@@ -26,6 +26,7 @@ __all__ = [
     "dirichlet",
     "eval_batches",
     "file_class",
+    "flip_labels",
     "iid",
     "is_validation_file",
     "load_digits_split",

@@ -15,7 +15,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-__all__ = ["ClassificationData", "load_digits_split", "load_npz"]
+__all__ = ["ClassificationData", "flip_labels", "load_digits_split", "load_npz"]
 
 
 @dataclass
@@ -93,3 +93,14 @@ def load_npz(path: str | os.PathLike[str], test_fraction: float = 0.25, seed: in
             f"{file}: y must be a non-empty array of non-negative integers, got {raw_labels.dtype}"
         )
     return _split(features, raw_labels.astype(np.int64), test_fraction, seed)
+
+
+def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Map every class label ``c`` in ``y`` to ``num_classes - 1 - c``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if y.numel() > 0 and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}], got range [{int(y.min())}, {int(y.max())}]"
+        )
+    return (num_classes - 1) - y

@@ -4,7 +4,7 @@ The launcher hosts the coordinator in a thread (its TCPStore on a free loopback 
 to ``OUT/token`` (mode 0600; workers read it from there, as ``farsync worker --token-file`` would), and
 starts each worker as a process running :func:`farsync.elastic.worker.join` with ``FARSYNC_WORKER_ID`` set
 to its slot, logging to
-``OUT/logs/worker<slot>.log``. An optional :class:`~farsync.testing.faults.FaultInjector` kills and restarts
+``OUT/logs/worker<slot>.log``. An optional :class:`~farsync.sim.faults.FaultInjector` kills and restarts
 workers. When every worker has exited, the launcher merges their records and the coordinator's quorum and
 failure events into ``metrics.jsonl`` and writes ``summary.json`` with the elastic figures:
 ``num_quorum_changes``, ``worker_failures``, ``rounds_lost_by_survivors``, ``inner_steps_lost_by_survivors``,
@@ -29,7 +29,7 @@ from farsync.elastic.coordinator import Coordinator
 from farsync.elastic.token import read_token, write_token
 from farsync.elastic.worker import check_elastic_config
 from farsync.report.summary import write_run_outputs
-from farsync.testing.faults import FaultInjector, FaultPlan
+from farsync.sim.faults import FaultInjector, FaultPlan
 
 __all__ = ["WorkerPool", "launch_elastic"]
 
@@ -62,7 +62,7 @@ def _warm_up(config: RunConfig) -> None:
     heartbeat thread starves."""
     import torch
 
-    from farsync.task import build_model
+    from farsync.train.task import build_model
 
     model = build_model(config.model) if config.model.kind == "gpt" else torch.nn.Linear(2, 2)
     inputs = torch.zeros(1, 2, dtype=torch.long) if config.model.kind == "gpt" else torch.zeros(1, 2)
@@ -73,7 +73,7 @@ def _warm_up(config: RunConfig) -> None:
 
 
 class WorkerPool:
-    """Worker processes by slot: start, SIGKILL, poll (the :class:`~farsync.testing.faults.Processes` interface).
+    """Worker processes by slot: start, SIGKILL, poll (the :class:`~farsync.sim.faults.Processes` interface).
 
     Workers are forked from the launcher, which has already imported torch and farsync, so a restart takes
     milliseconds instead of the seconds an interpreter start costs (as with DataLoader workers, each child

@@ -27,15 +27,15 @@ import torch
 import torch.distributed as dist
 
 from farsync.algorithms.diloco import OuterState
-from farsync.build import link_for_group
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.groups import make_group
-from farsync.comm.reducer import Reducer
 from farsync.config import RunConfig
 from farsync.elastic.client import CoordinatorClient
 from farsync.elastic.healing import send_outer_state
 from farsync.elastic.quorum import Decision
+from farsync.reducers.base import Reducer
+from farsync.train.build import link_for_group
 
 __all__ = ["ElasticReducer", "ElasticTarget"]
 

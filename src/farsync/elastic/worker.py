@@ -33,8 +33,6 @@ from typing import Any
 import torch
 
 from farsync.algorithms.diloco import DiLoCo, OuterState
-from farsync.build import build_reducer
-from farsync.checkpoint import find_latest, load_worker_state, prune, save_worker_state
 from farsync.comm.communicator import Communicator
 from farsync.config import ConfigError, RunConfig, config_to_toml
 from farsync.elastic.client import (
@@ -48,7 +46,10 @@ from farsync.elastic.client import (
 from farsync.elastic.quorum import Decision
 from farsync.elastic.reducer import ElasticReducer
 from farsync.elastic.token import read_token
-from farsync.worker import WorkerContext, _Loop, lr_lambda
+from farsync.sim.attacking import build_attacking_reducer
+from farsync.train import TrainingLoop, WorkerContext, lr_lambda
+from farsync.train.build import build_reducer
+from farsync.train.checkpoint import find_latest, load_worker_state, prune, save_worker_state
 
 __all__ = ["EXIT_REFUSED", "ElasticLoop", "check_elastic_config", "join"]
 
@@ -72,8 +73,8 @@ def check_elastic_config(config: RunConfig) -> None:
         raise ConfigError("parallel.num_stages", config.parallel.num_stages, "elastic runs need 1")
 
 
-class ElasticLoop(_Loop):
-    """:class:`farsync.worker._Loop` whose synchronisation goes through an :class:`ElasticReducer`.
+class ElasticLoop(TrainingLoop):
+    """:class:`farsync.train.TrainingLoop` whose synchronisation goes through an :class:`ElasticReducer`.
 
     This loop owns only a world-size-1 communicator; the reducer builds one per quorum. ``ctx.rank`` is the
     worker's slot and ``ctx.world_size`` the configured number of slots (data shards).
@@ -86,7 +87,7 @@ class ElasticLoop(_Loop):
             self.comm,
             client=client,
             config=config,
-            build_inner=lambda comm: build_reducer(config, comm),
+            build_inner=lambda comm: build_reducer(config, comm, ctx.reducer_wrappers),
             sink=self.emit,
         )
         assert isinstance(self.algorithm, DiLoCo), "check_elastic_config admits the DiLoCo family only"
@@ -259,7 +260,10 @@ def join(
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
 
-    ctx = WorkerContext(client.slot, config.num_workers, client.store, out_dir, sink)
+    wrappers = (build_attacking_reducer,) if config.byzantine.workers else ()
+    ctx = WorkerContext(
+        client.slot, config.num_workers, client.store, out_dir, sink, reducer_wrappers=wrappers
+    )
     try:
         loop = ElasticLoop(config, ctx, client)
         holder["loop"] = loop

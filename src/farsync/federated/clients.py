@@ -23,7 +23,7 @@ from torch import nn
 
 from farsync.config import DataConfig, FederatedConfig
 from farsync.data import ClassificationData
-from farsync.task import partition_labels
+from farsync.train.task import partition_labels
 
 __all__ = [
     "Client",

@@ -13,7 +13,7 @@ Differential privacy (``privacy.mode``), DP-FedAvg style (McMahan et al. 2018, a
 client update is clipped to ``clip_norm`` S and weighted 1 instead of n_c; ``local`` adds N(0, (z S)^2) to each
 client's update before it leaves the client; ``central`` adds N(0, (z S / m)^2) to the averaged update once,
 drawn from a generator seeded by (run seed, round) so every worker adds the same noise (an emulated trusted
-aggregator; see :mod:`farsync.privacy.reducer`). Epsilon at ``privacy.delta`` is reported every round from
+aggregator; see :mod:`farsync.reducers.private`). Epsilon at ``privacy.delta`` is reported every round from
 Opacus's RDP accountant: central rounds are subsampled with rate q = m / N; in local mode no amplification
 is claimed and the reported epsilon is that of the client that has taken part most often (q = 1 per round
 it took part in).
@@ -39,18 +39,18 @@ import numpy as np
 import torch
 
 from farsync.algorithms.base import params_sha256
-from farsync.build import build_reducer, link_for_group
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.groups import make_group
 from farsync.comm.ledger import ByteLedger
-from farsync.comm.reducer import Reducer
 from farsync.config import PrivacyConfig, RunConfig
 from farsync.data import load_digits_split, load_npz
 from farsync.federated.clients import Client, build_clients, evaluate_classifier, train_clients
 from farsync.federated.sampling import clients_of_worker, sample_clients, weighted_partial_sum
-from farsync.task import MODEL_INIT_LOCK, build_model
-from farsync.worker import WorkerContext, WorkerResult
+from farsync.reducers.base import Reducer
+from farsync.train import WorkerContext, WorkerResult
+from farsync.train.build import build_reducer, link_for_group
+from farsync.train.task import MODEL_INIT_LOCK, build_model
 
 __all__ = ["FederatedDriver", "run_federated_worker"]
 
@@ -87,7 +87,9 @@ class FederatedDriver:
         )
         self.probe = Communicator(group, ctx.rank, ctx.world_size)
         # Privacy is applied per client below, so the reducer itself must not clip or add noise again.
-        self.reducer: Reducer = build_reducer(dataclasses.replace(config, privacy=PrivacyConfig()), self.comm)
+        self.reducer: Reducer = build_reducer(
+            dataclasses.replace(config, privacy=PrivacyConfig()), self.comm, ctx.reducer_wrappers
+        )
         self._load_data()
         self.accountant = None
         if self.privacy.mode != "off":

@@ -1,4 +1,4 @@
-"""Launchers: local processes or threads; ``torchrun`` uses :mod:`farsync.worker` directly."""
+"""Launchers: local processes or threads; ``torchrun`` runs :mod:`farsync.launch.torchrun`."""
 
 from farsync.launch.local import launch, run_threads
 

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from farsync.comm.groups import open_store
 from farsync.config import RunConfig, config_to_toml, load_config
+from farsync.launch.dispatch import run_worker
 from farsync.report.summary import write_run_outputs
-from farsync.task import check_task
-from farsync.worker import WorkerContext, read_results, run_worker
+from farsync.train import WorkerContext, read_results
+from farsync.train.task import check_task
 
 __all__ = ["launch", "run_threads"]
 

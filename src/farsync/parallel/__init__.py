@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from farsync.parallel.mesh import Mesh, MeshGroups, build_mesh_groups, intra_link
 from farsync.parallel.pipeline import PipelineRunner, schedule_actions
-from farsync.parallel.report import pipeline_report, pipeline_summary, stage_memory
+from farsync.report.pipeline import pipeline_report, pipeline_summary, stage_memory
 
 __all__ = [
     "Mesh",

@@ -6,7 +6,7 @@ and owns only its stage's layers together with
 
 * the **inner** optimizer (AdamW) state of those layers, stepped after every pipelined inner step;
 * the **outer** optimizer (DiLoCo's Nesterov SGD over fp32 global weights) state of those layers, run by
-  the configured algorithm (:func:`farsync.build.build_algorithm`, so compression, error feedback and the
+  the configured algorithm (:func:`farsync.train.build.build_algorithm`, so compression, error feedback and the
   overlapped outer step of the other algorithms apply unchanged) over the stage's sync group.
 
 So the same stage of every replica averages its pseudo-gradient with the others over the slow link
@@ -20,7 +20,7 @@ pipeline group shares it with the other stages together with the squared gradien
 clipping uses the replica's global norm (as ``clip_grad_norm_`` on the whole model would). Evaluation runs
 the global weights forward through the pipeline and shares the last stage's sums the same way.
 
-Checkpoints: each rank saves its own stage's state under its global rank (:mod:`farsync.checkpoint`); a
+Checkpoints: each rank saves its own stage's state under its global rank (:mod:`farsync.train.checkpoint`); a
 checkpoint is usable only when every stage of every replica wrote it, and resume works as in the core loop.
 
 Failure: a non-finite pseudo-gradient drops only that stage's update for the round (weight 0 in its sync
@@ -29,7 +29,6 @@ group); a dead peer fails the next receive or collective and ends the worker.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from farsync.algorithms.base import Algorithm
-from farsync.build import build_algorithm, build_reducer, link_for_group
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.ledger import ByteLedger
@@ -48,9 +46,10 @@ from farsync.config import ConfigError, RunConfig
 from farsync.models import GPT, GPTStage, gpt_stage
 from farsync.parallel.mesh import Mesh, build_mesh_groups, intra_link
 from farsync.parallel.pipeline import PipelineRunner
-from farsync.parallel.report import stage_memory
-from farsync.task import MODEL_INIT_LOCK, Task, build_task
-from farsync.worker import WorkerContext, WorkerResult, _Loop, lr_lambda
+from farsync.report.pipeline import stage_memory
+from farsync.train import TrainingLoop, WorkerContext, WorkerResult, lr_lambda, publish_result
+from farsync.train.build import build_algorithm, build_reducer, link_for_group
+from farsync.train.task import MODEL_INIT_LOCK, Task, build_task
 
 __all__ = ["PipelinedWorkerResult", "run_pipelined_worker"]
 
@@ -82,8 +81,8 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-class _PipelinedLoop(_Loop):
-    """The core loop (:class:`farsync.worker._Loop`) with a stage module, two communicators and a pipelined
+class _PipelinedLoop(TrainingLoop):
+    """The core loop (:class:`farsync.train.TrainingLoop`) with a stage module, two communicators and a pipelined
     inner step; rounds, checkpoints, resume and metrics are the core's."""
 
     def __init__(self, config: RunConfig, ctx: WorkerContext) -> None:
@@ -107,7 +106,12 @@ class _PipelinedLoop(_Loop):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
         self.pipe_comm, self.comm = self._build_communicators()
         self.algorithm: Algorithm = build_algorithm(
-            config, self.model, self.optimizer, self.comm, build_reducer(config, self.comm), self.task
+            config,
+            self.model,
+            self.optimizer,
+            self.comm,
+            build_reducer(config, self.comm, ctx.reducer_wrappers),
+            self.task,
         )
         self.pipeline = PipelineRunner(
             self.model,
@@ -271,5 +275,5 @@ def run_pipelined_worker(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
     """Trains one stage of one replica to the end; publishes its result under ``final/<rank>``."""
     loop = _PipelinedLoop(config, ctx)
     result = loop.run()
-    ctx.store.set(f"{ctx.group_prefix}/final/{ctx.rank}", json.dumps(vars(result)))
+    publish_result(ctx, result)
     return result

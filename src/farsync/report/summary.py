@@ -54,7 +54,7 @@ def build_summary(config: RunConfig, results: list[dict[str, Any]]) -> dict[str,
         if key in first:
             summary[key] = first[key]
     if "stage" in first:  # pipelined run: per-stage bytes and memory (farsync.parallel)
-        from farsync.parallel.report import pipeline_summary
+        from farsync.report.pipeline import pipeline_summary
 
         summary.update(pipeline_summary(results))
     return summary

@@ -3,12 +3,12 @@ honest update, then the round goes on through the wrapped reducer as usual.
 
 Wrapping the reducer reaches the averaging step of every algorithm (DDP gradients, DiLoCo and DiLoCoX
 pseudo-gradients, FedAvg models), so one attack tests one defence everywhere. The attack signature and the
-built-in attacks are in :mod:`farsync.byzantine.attacks`.
+built-in attacks are in :mod:`farsync.sim.attacks`.
 
 Built-in parameters: ``byzantine.scale`` is sign flip's multiplier, the Gaussian's standard deviation and
 the constant's value; ALIE derives its shift from the number of workers and of attackers; ``stale`` replays
 the update from :data:`STALE_ROUNDS` rounds ago; ``label_flip`` sends its update unchanged (the worker's
-labels are flipped in the data, see :func:`farsync.task.build_task`). A plug-in factory receives
+labels are flipped in the data, see :func:`farsync.train.task.build_task`). A plug-in factory receives
 ``scale=byzantine.scale`` when it accepts a ``scale`` keyword, and no arguments otherwise.
 
 Collusion: ``ctx.honest_updates`` holds the honest updates of every Byzantine worker this round. They are
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from farsync.byzantine.attacks import LABEL_FLIP, Attack, AttackContext, alie_z, load_attack
 from farsync.comm.communicator import Communicator
 from farsync.comm.ledger import ByteLedger
-from farsync.comm.reducer import Reducer, flatten, unflatten
 from farsync.config import ByzantineConfig, ConfigError, RunConfig
+from farsync.reducers.base import Reducer, flatten, unflatten
+from farsync.sim.attacks import LABEL_FLIP, Attack, AttackContext, alie_z, load_attack
 
 __all__ = ["STALE_ROUNDS", "AttackingReducer", "build_attack", "build_attacking_reducer"]
 
@@ -53,7 +53,7 @@ def build_attack(config: ByzantineConfig) -> Attack:
     if spec == "stale":
         return load_attack(spec, k=STALE_ROUNDS)
     if ":" in spec:
-        from farsync.byzantine.attacks import _resolve_factory
+        from farsync.sim.attacks import _resolve_factory
 
         try:
             accepts_scale = "scale" in inspect.signature(_resolve_factory(spec)).parameters

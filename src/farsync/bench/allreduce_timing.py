@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import torch
 
+from farsync.collectives.quantized_ring import quantized_ring_all_reduce
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.cost import LinkModel
-from farsync.comm.quantized_ring import quantized_ring_all_reduce
 
 __all__ = ["compare_allreduce", "time_allreduce"]
 
@@ -111,7 +111,7 @@ def compare_allreduce(
     the speedups need ``"fp32"`` in ``kinds``. ``setup`` records the host's CPU count and load average, which
     bound how fast in-process ranks can go (module docstring).
     """
-    from farsync.testing.ranks import run_ranks  # the thread launcher; imported here to keep comm/ light
+    from farsync.sim.ranks import run_ranks  # the thread launcher; imported here to keep comm/ light
 
     link = LinkModel(bandwidth_bps=bandwidth_bps, latency_s=latency_s)
 

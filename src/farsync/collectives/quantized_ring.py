@@ -42,8 +42,8 @@ from typing import Literal
 
 import torch
 
+from farsync.collectives.ring_codecs import BlockwiseCodec, WireCodec, make_codec
 from farsync.comm.communicator import Communicator, Handle
-from farsync.comm.ring_codecs import BlockwiseCodec, WireCodec, make_codec
 
 __all__ = ["RING_KINDS", "quantized_ring_all_reduce", "ring_bytes_sent", "ring_chunks"]
 
@@ -197,7 +197,7 @@ def quantized_ring_all_reduce(
         vector: this rank's values (any shape; returned with the same shape, float32). Not modified.
         bits: 8 or 4 (blockwise absmax codes), or a codec kind name from :data:`RING_KINDS`.
         block_size: values per quantization block (int8, int4 and fp16).
-        codec: an explicit :class:`~farsync.comm.ring_codecs.WireCodec`; overrides ``bits``.
+        codec: an explicit :class:`~farsync.collectives.ring_codecs.WireCodec`; overrides ``bits``.
         op: ``"avg"`` divides the sum by the group size.
         num_pieces: pieces per chunk for pipelining (1 gives the textbook ring).
 

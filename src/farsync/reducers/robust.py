@@ -4,14 +4,14 @@ robust rule over BTARD's butterfly exchange.
 BTARD (Gorbunov et al. 2021, "Secure Distributed Training at Scale", arXiv 2106.11257) averages without a
 server: each worker owns one shard of the flat update, receives that shard from every worker, combines the
 ``n`` versions with CenteredClip (Karimireddy et al. 2021, arXiv 2012.10333) and all-gathers the result
-(:mod:`farsync.comm.butterfly`). Every worker sends about twice the update's size, whatever ``n``.
+(:mod:`farsync.collectives.butterfly`). Every worker sends about twice the update's size, whatever ``n``.
 
 One round of :class:`RobustReducer`:
 
 1. **Summaries.** Every worker all-gathers a few float64 numbers about its update: weight, size, dtype,
    shape signature, finiteness and norm (``8 * 6`` bytes per worker).
 2. **Validation.** From the same summaries every worker reaches the same verdict on every sender
-   (:func:`farsync.byzantine.validation.check_summary`): wrong shape or dtype (against the most common
+   (:func:`farsync.reducers.validation.check_summary`): wrong shape or dtype (against the most common
    one), NaN/Inf, or a norm above ``aggregation.max_norm`` is a strike in the shared :class:`StrikeBook`;
    after ``aggregation.max_strikes`` strikes a worker is excluded from every later round. A rejected,
    excluded or weight-0 worker sends zeros and is left out of every owner's stack.
@@ -26,7 +26,7 @@ One round of :class:`RobustReducer`:
    (ALIE) stay within the honest spread and are left to the rule.
 
 Rules and weights: ``mean`` (used when only ``max_norm`` is set) is the weighted mean, like
-:class:`~farsync.comm.reducer.MeanReducer`. The robust rules give every accepted worker the same weight:
+:class:`~farsync.reducers.base.MeanReducer`. The robust rules give every accepted worker the same weight:
 weights are self-reported (FedAvg's sample counts), and a Byzantine worker claiming a huge count would
 otherwise buy itself the majority that every rule's guarantee assumes it lacks. Weight 0 still means
 "left out". Krum and Multi-Krum on shards are not Krum on the whole vector: each owner may pick a
@@ -60,12 +60,12 @@ import torch
 
 from farsync.aggregate import build_aggregator, krum, median, multi_krum, weighted_mean
 from farsync.aggregate.centered_clip import centered_clip
-from farsync.byzantine.validation import StrikeBook, UpdateSummary, check_summary
-from farsync.comm.butterfly import ShardLayout, WireCodec, butterfly_reduce
+from farsync.collectives.butterfly import ShardLayout, WireCodec, butterfly_reduce
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import Reducer, flatten, unflatten
 from farsync.compress.base import Identity
 from farsync.config import AggregationConfig, RunConfig
+from farsync.reducers.base import Reducer, flatten, unflatten
+from farsync.reducers.validation import StrikeBook, UpdateSummary, check_summary
 
 __all__ = ["RobustReducer", "ShardAggregator", "build_robust_reducer"]
 

@@ -1,8 +1,8 @@
 """Compressed reducers: the weighted mean of the workers' updates with fewer bytes on the wire.
 
-:func:`build_compressed_reducer` is what :func:`farsync.build.build_reducer` calls when
+:func:`build_compressed_reducer` is what :func:`farsync.train.build.build_reducer` calls when
 ``compression.kind != "none"`` or ``compression.adaptive``. It replaces the fp32
-:class:`~farsync.comm.reducer.MeanReducer` (kept as ``inner`` so layer-walking helpers can see it):
+:class:`~farsync.reducers.base.MeanReducer` (kept as ``inner`` so layer-walking helpers can see it):
 
 ===================  ==========================================================  =============================
 ``compression.kind`` reducer                                                     bytes a worker sends
@@ -12,7 +12,7 @@ fp16, bf16           :class:`RingReducer` with the block-scaled fp16 / bf16 code
 uint8_lookup, topk   :class:`GatherReducer`: all-gather of encoded payloads      ``(n-1) x`` payload
 lowrank              :class:`LowRankReducer`: PowerSGD P/Q all-reduce, factors   ``~2(n-1)/n x`` P, Q, 1-D
                      at ``compression.bits`` (16: fp16, 8/4: blockwise)
-adaptive = true      :class:`~farsync.comm.adaptive_lowrank.AdaptiveLowRankReducer` (DiLoCoX)
+adaptive = true      :class:`~farsync.reducers.adaptive_lowrank.AdaptiveLowRankReducer` (DiLoCoX)
 ===================  ==========================================================  =============================
 
 Weights: every reducer returns ``sum_i w_i u_i / sum_i w_i``; a worker with weight 0 is left out (it sends
@@ -21,14 +21,14 @@ zeros that count for nothing). In the ring the weights travel in one extra quant
 A worker whose update holds NaN or Inf is left out the same way, with a warning naming it.
 
 fp16 sums can overflow (65504): the fp16 ring codec scales every block by its absmax, and the ring adds in
-fp32, so no partial sum is ever cast to fp16 unscaled (see :mod:`farsync.comm.ring_codecs`).
+fp32, so no partial sum is ever cast to fp16 unscaled (see :mod:`farsync.collectives.ring_codecs`).
 
 Error feedback (``compression.error_feedback``): each worker keeps a residual per parameter name
-(:class:`~farsync.comm.residuals.Residuals`, in ``state_dict``). Ring reducers first round-trip the
+(:class:`~farsync.compress.residuals.Residuals`, in ``state_dict``). Ring reducers first round-trip the
 corrected update through the wire codec, so the residual is exactly what this worker's own encoding lost (the
 ring then re-encodes those values without further loss on the first hop; later hops re-encode partial sums,
 whose error is shared and not fed back). Gather reducers keep ``corrected - decode(encode(corrected))``.
-Low-rank reducers keep the projection residual (:mod:`farsync.comm.lowrank_allreduce`).
+Low-rank reducers keep the projection residual (:mod:`farsync.collectives.lowrank_allreduce`).
 
 All reducers leave every worker with bitwise-identical results, and report ``metrics()`` for
 ``metrics.jsonl``: ``compression_bits``, ``compression_rank`` (low-rank), ``compressed_bytes`` (this
@@ -44,16 +44,16 @@ from typing import Any
 
 import torch
 
+from farsync.collectives.lowrank_allreduce import LowRankAllReduce
+from farsync.collectives.quantized_ring import quantized_ring_all_reduce
+from farsync.collectives.ring_codecs import WireCodec, as_bytes, from_bytes, make_codec
 from farsync.comm.communicator import Communicator
-from farsync.comm.lowrank_allreduce import LowRankAllReduce
-from farsync.comm.quantized_ring import quantized_ring_all_reduce
-from farsync.comm.reducer import Reducer, flatten, unflatten
-from farsync.comm.residuals import Residuals
-from farsync.comm.ring_codecs import WireCodec, as_bytes, from_bytes, make_codec
 from farsync.compress.base import Compressor, Encoded, Identity
 from farsync.compress.intellect import Uint8Lookup
+from farsync.compress.residuals import Residuals
 from farsync.compress.topk import TopK
 from farsync.config import ConfigError, RunConfig
+from farsync.reducers.base import Reducer, flatten, unflatten
 
 __all__ = [
     "GatherReducer",
@@ -117,7 +117,7 @@ class _CompressedReducer(Reducer):
 
 
 class RingReducer(_CompressedReducer):
-    """Weighted mean through :func:`~farsync.comm.quantized_ring.quantized_ring_all_reduce` with ``codec``."""
+    """Weighted mean through :func:`~farsync.collectives.quantized_ring.quantized_ring_all_reduce` with ``codec``."""
 
     def __init__(
         self,
@@ -238,7 +238,7 @@ class GatherReducer(_CompressedReducer):
 
 
 class LowRankReducer(_CompressedReducer):
-    """Weighted mean through :class:`~farsync.comm.lowrank_allreduce.LowRankAllReduce` at a fixed rank and bits."""
+    """Weighted mean through :class:`~farsync.collectives.lowrank_allreduce.LowRankAllReduce` at a fixed rank and bits."""
 
     def __init__(
         self,
@@ -298,7 +298,7 @@ def build_compressed_reducer(config: RunConfig, comm: Communicator, inner: Reduc
                 True,
                 f"adapts low-rank rank and bits; needs compression.kind = 'lowrank' (got {kind!r})",
             )
-        from farsync.comm.adaptive_lowrank import AdaptiveLowRankReducer
+        from farsync.reducers.adaptive_lowrank import AdaptiveLowRankReducer
 
         return AdaptiveLowRankReducer(comm, compression, inner=inner)
     if kind in _RING_KINDS:

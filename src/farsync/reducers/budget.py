@@ -4,14 +4,14 @@ Adaptive compressed reducers (DiLoCoX) expose a settable ``time_budget_s``: the 
 synchronisation may take on the link without making compute wait. They also report per-round choices
 (rank, bits) through ``metrics()``. Reducers are layered (robust over compressed, privacy over robust), so
 both helpers look through a chain of wrappers that keep the wrapped reducer in ``inner``. A reducer with
-neither attribute (the fp32 :class:`~farsync.comm.reducer.MeanReducer`) is left alone.
+neither attribute (the fp32 :class:`~farsync.reducers.base.MeanReducer`) is left alone.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from farsync.comm.reducer import Reducer
+from farsync.reducers.base import Reducer
 
 __all__ = ["reducer_chain", "reducer_metrics", "set_time_budget"]
 

@@ -1,93 +1,34 @@
-"""One worker's loop: data -> inner steps -> algorithm hooks -> metrics, checkpoints and a final report.
+"""One worker's training loop: data -> inner steps -> algorithm hooks -> metrics, checkpoints, a result.
 
 The loop is an ordinary PyTorch loop; everything distributed happens in the algorithm's optimizer hooks.
-:func:`run_worker` is what the local launcher runs in each process (or thread) and what ``torchrun`` runs
-through ``python -m farsync.worker CONFIG.toml``.
+:class:`TrainingLoop` is public: runners (pipelines, elastic membership) compose it by passing a
+communicator, a reducer or a step of their own instead of copying it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import math
-import os
 import random
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from farsync.algorithms.base import Algorithm
-from farsync.build import build_algorithm, build_reducer, link_for_group
-from farsync.checkpoint import find_latest, load_worker_state, prune, save_worker_state
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
-from farsync.comm.groups import make_group, open_store
+from farsync.comm.groups import make_group
 from farsync.comm.ledger import ByteLedger
-from farsync.config import RunConfig, TrainConfig
-from farsync.task import MODEL_INIT_LOCK, Task, build_task, check_task
+from farsync.config import RunConfig
+from farsync.train.build import build_algorithm, build_reducer, link_for_group
+from farsync.train.checkpoint import find_latest, load_worker_state, prune, save_worker_state
+from farsync.train.context import WorkerContext, WorkerResult, publish_result
+from farsync.train.schedule import lr_lambda
+from farsync.train.task import MODEL_INIT_LOCK, Task, build_task
 
-if TYPE_CHECKING:
-    from torch._C._distributed_c10d import Store
-
-__all__ = ["WorkerContext", "WorkerResult", "lr_lambda", "run_worker"]
+__all__ = ["TrainingLoop", "run_training"]
 
 logger = logging.getLogger(__name__)
-
-Sink = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class WorkerContext:
-    """Where a worker sits: its rank, the run's store, where to write and where to report."""
-
-    rank: int
-    world_size: int
-    store: Store
-    out_dir: Path | None
-    sink: Sink
-    resume: bool = False
-    group_prefix: str = "run"
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-
-@dataclass
-class WorkerResult:
-    """What a worker reports at the end (it also goes to the store under ``final/<rank>``)."""
-
-    rank: int
-    num_steps: int
-    num_rounds: int
-    tokens: int
-    bytes_sent: int
-    peak_sync_bytes: int
-    wall_s: float
-    compute_s: float
-    comm_wait_s: float
-    global_params_sha256: str
-    final_eval: dict[str, float]
-    ledger: dict[str, Any]
-    num_params: int
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Algorithm-specific end-of-run figures (``final_metrics()`` where an algorithm has it); summary["extra"]."""
-
-
-def lr_lambda(train: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up for ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``num_steps``."""
-
-    def factor(step: int) -> float:
-        if step < train.warmup_steps:
-            return (step + 1) / train.warmup_steps
-        span = max(train.num_steps - train.warmup_steps, 1)
-        progress = min((step - train.warmup_steps) / span, 1.0)
-        return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def _rng_state() -> dict[str, Any]:
@@ -100,7 +41,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-class _Loop:
+class TrainingLoop:
     """The state of one worker's training loop (kept in one object so checkpoints capture all of it)."""
 
     def __init__(self, config: RunConfig, ctx: WorkerContext) -> None:
@@ -129,7 +70,12 @@ class _Loop:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
         self.comm = self.make_communicator()
         self.algorithm: Algorithm = build_algorithm(
-            config, self.model, self.optimizer, self.comm, build_reducer(config, self.comm), self.task
+            config,
+            self.model,
+            self.optimizer,
+            self.comm,
+            build_reducer(config, self.comm, ctx.reducer_wrappers),
+            self.task,
         )
         self.step = 0
         self.compute_s = 0.0
@@ -316,85 +262,8 @@ class _Loop:
         )
 
 
-def run_worker(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
-    """Trains one worker to the end; publishes its result to the store under ``final/<rank>``."""
-    torch.set_num_threads(max(1, int(os.environ.get("FARSYNC_THREADS", "1"))))
-    if config.parallel.num_stages > 1:
-        from farsync.parallel.worker import run_pipelined_worker
-
-        return run_pipelined_worker(config, ctx)
-    if config.algorithm.name == "fedavg" and config.federated.num_clients > 0:
-        from farsync.federated.driver import run_federated_worker
-
-        return run_federated_worker(config, ctx)
-    loop = _Loop(config, ctx)
-    result = loop.run()
-    ctx.store.set(f"{ctx.group_prefix}/final/{ctx.rank}", json.dumps(vars(result)))
+def run_training(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
+    """Trains one worker of a plain (unpipelined, non-federated) run to the end and publishes its result."""
+    result = TrainingLoop(config, ctx).run()
+    publish_result(ctx, result)
     return result
-
-
-def read_results(store: Store, prefix: str, world_size: int) -> list[dict[str, Any]]:
-    """Every worker's :class:`WorkerResult` as a dict, waiting until all are published."""
-    keys = [f"{prefix}/final/{rank}" for rank in range(world_size)]
-    store.wait(keys)
-    return [json.loads(store.get(key)) for key in keys]
-
-
-# ----------------------------------------------------------------------------------- torchrun entry
-def main(argv: list[str] | None = None) -> int:
-    """``torchrun --nproc-per-node N -m farsync.worker CONFIG.toml [--out DIR] [--set k=v ...]``."""
-    from farsync.config import ConfigError, load_config
-    from farsync.report.summary import write_run_outputs
-
-    parser = argparse.ArgumentParser(prog="python -m farsync.worker")
-    parser.add_argument("config", nargs="?")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", default="runs/torchrun")
-    args = parser.parse_args(argv)
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    try:
-        config = load_config(args.config, [*args.overrides, f"num_workers={world_size}"])
-        check_task(config.data, batch_size=config.train.batch_size, num_workers=world_size, seed=config.seed)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # torchrun's agent already hosts a TCPStore on MASTER_PORT; workers join it as clients.
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = open_store(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        world_size,
-        is_master=rank == 0 and not agent_store,
-    )
-    prefix = f"torchrun/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    metrics_file = open(out_dir / f"metrics.rank{rank}.jsonl", "w")  # noqa: SIM115 - closed below
-
-    def sink(record: dict[str, Any]) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
-
-    ctx = WorkerContext(rank, world_size, store, out_dir, sink, group_prefix=prefix)
-    run_worker(config, ctx)
-    metrics_file.close()
-    if rank == 0:
-        results = read_results(store, prefix, world_size)
-        records: list[dict[str, Any]] = []
-        for other in range(world_size):
-            path = out_dir / f"metrics.rank{other}.jsonl"
-            records.extend(json.loads(line) for line in path.read_text().splitlines())
-            path.unlink()
-        write_run_outputs(config, out_dir, results, records)
-    # Keep rank 0's store alive until every worker has finished reading it.
-    store.add(f"{prefix}/done", 1)
-    if rank == 0:
-        while int(store.add(f"{prefix}/done", 0)) < world_size:
-            import time
-
-            time.sleep(0.05)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

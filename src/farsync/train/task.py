@@ -1,7 +1,7 @@
 """A worker's task: its model, its shard of the data, its loss and its evaluation.
 
 This module turns the ``model`` and ``data`` config sections into objects a training loop needs, so the
-loop itself (:mod:`farsync.worker`) never looks at what kind of model or data it trains.
+loop itself (:mod:`farsync.train.loop`) never looks at what kind of model or data it trains.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from farsync.data import (
     pathological,
     shard_text,
 )
+from farsync.data.classification import flip_labels as flipped_labels
 from farsync.models import CNN, GPT, MLP, GPTConfig
 
 __all__ = ["MODEL_INIT_LOCK", "Task", "build_task", "check_batch_fits", "check_task"]
@@ -187,9 +188,7 @@ def build_task(
     index = torch.as_tensor(parts[rank], dtype=torch.long)
     x, y = dataset.x_train[index], dataset.y_train[index]
     if flip_labels:
-        from farsync.byzantine.attacks import flip_labels as flipped
-
-        y = flipped(y, dataset.num_classes)
+        y = flipped_labels(y, dataset.num_classes)
     if model_cfg.kind == "cnn":
         x = x.reshape(-1, 1, 8, 8)
         test_x = dataset.x_test.reshape(-1, 1, 8, 8)

@@ -15,7 +15,7 @@ Every round :class:`AdaptiveLowRankReducer`:
    size (:meth:`AdaptiveLowRankReducer.message_bytes`) fits the budget; if none fits it halves the rank at
    the narrowest width until it fits or the rank is 1 (then it sends anyway and logs a warning), the same
    search as :func:`farsync.compress.plan_compression`, but on this reducer's exact wire format;
-4. runs the low-rank all-reduce (:mod:`farsync.comm.lowrank_allreduce`) at that rank and width.
+4. runs the low-rank all-reduce (:mod:`farsync.collectives.lowrank_allreduce`) at that rank and width.
 
 Time budget to bytes: ``time_budget_s`` is settable; the algorithm sets it before each sync to H times the
 measured inner-step time (the window the all-reduce may overlap). A message of ``S`` bytes takes about
@@ -37,13 +37,13 @@ from typing import Any
 
 import torch
 
+from farsync.collectives.lowrank_allreduce import factor_codec
 from farsync.comm.communicator import Communicator
-from farsync.comm.compressed import LowRankReducer, left_out_if_not_finite
-from farsync.comm.lowrank_allreduce import factor_codec
-from farsync.comm.reducer import Reducer
 from farsync.compress.adaptive import energy_rank
 from farsync.compress.lowrank import effective_rank
 from farsync.config import CompressionConfig
+from farsync.reducers.base import Reducer
+from farsync.reducers.compressed import LowRankReducer, left_out_if_not_finite
 
 __all__ = ["AdaptiveLowRankReducer"]
 

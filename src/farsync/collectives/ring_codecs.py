@@ -1,6 +1,6 @@
 """Wire codecs for ring collectives: how one chunk of a float32 vector becomes one message of bytes.
 
-A ring all-reduce (:mod:`farsync.comm.quantized_ring`) sends every chunk as a flat ``uint8`` message and
+A ring all-reduce (:mod:`farsync.collectives.quantized_ring`) sends every chunk as a flat ``uint8`` message and
 accumulates what it receives in float32. A :class:`WireCodec` fixes the message layout. Every layout is a
 function of the chunk's length alone, so a receiver knows how many bytes to expect without a header.
 

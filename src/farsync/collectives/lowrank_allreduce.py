@@ -15,7 +15,7 @@ that mean has rank ``<= r`` and Q spans enough of it, ``M^`` equals it exactly. 
 dimensions (biases, norms) and the weights travel uncompressed in one fp32 all-reduce.
 
 On the wire: the P factors of all matrices form one vector and the Q factors another, each all-reduced by
-:func:`~farsync.comm.quantized_ring.quantized_ring_all_reduce` with the factor codec (``bits`` 32: fp32,
+:func:`~farsync.collectives.quantized_ring.quantized_ring_all_reduce` with the factor codec (``bits`` 32: fp32,
 16: block-scaled fp16, 8 or 4: blockwise absmax codes). Per round a worker's message is
 ``codec(sum rows*r) + codec(sum cols*r) + 4 * (numel of 1-D tensors + 1)`` bytes, of which the ring sends
 about ``2 (n-1)/n``. Every worker decodes the same messages, so all workers end with bitwise-identical
@@ -38,11 +38,11 @@ from typing import Any
 
 import torch
 
+from farsync.collectives.quantized_ring import quantized_ring_all_reduce
+from farsync.collectives.ring_codecs import WireCodec, make_codec
 from farsync.comm.communicator import Communicator
-from farsync.comm.quantized_ring import quantized_ring_all_reduce
-from farsync.comm.residuals import Residuals
-from farsync.comm.ring_codecs import WireCodec, make_codec
 from farsync.compress.lowrank import effective_rank, initial_q, matrix_view, orthogonalize
+from farsync.compress.residuals import Residuals
 
 __all__ = ["LowRankAllReduce", "LowRankRound", "factor_codec"]
 
@@ -81,7 +81,7 @@ class LowRankAllReduce:
         bits: default factor width on the wire (32, 16, 8, 4).
         block_size: quantization block for 16, 8 and 4 bits.
         error_feedback: keep the per-worker projection residual.
-        num_pieces: pipelining of the ring (see :mod:`farsync.comm.quantized_ring`).
+        num_pieces: pipelining of the ring (see :mod:`farsync.collectives.quantized_ring`).
 
     Failure: a peer failure raises from the collective; the Q factors and residuals are then unchanged for
     this round only if the failure came before the Q all-reduce (callers rebuild the group and redo it).

@@ -7,6 +7,7 @@ algorithm name. Builders receive only the config sections they need.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -16,10 +17,13 @@ from farsync.algorithms.base import Algorithm
 from farsync.algorithms.registry import algorithm_class
 from farsync.comm.communicator import Communicator
 from farsync.comm.cost import LinkModel
-from farsync.comm.reducer import MeanReducer, Reducer
 from farsync.config import NetworkConfig, RunConfig, parse_bandwidth, parse_duration
+from farsync.reducers.base import MeanReducer, Reducer
 
-__all__ = ["build_algorithm", "build_reducer", "link_for_group"]
+__all__ = ["ReducerWrapper", "build_algorithm", "build_reducer", "link_for_group"]
+
+ReducerWrapper = Callable[[RunConfig, Communicator, Reducer], Reducer]
+"""``wrap(config, comm, inner) -> reducer``: a layer a runner puts around the configured reducer."""
 
 
 def link_for_group(network: NetworkConfig, members: list[int]) -> LinkModel | None:
@@ -34,7 +38,7 @@ def link_for_group(network: NetworkConfig, members: list[int]) -> LinkModel | No
     return LinkModel(bandwidth_bps=min(rates), latency_s=max(latencies))
 
 
-def build_reducer(config: RunConfig, comm: Communicator) -> Reducer:
+def build_reducer(config: RunConfig, comm: Communicator, wrappers: Sequence[ReducerWrapper] = ()) -> Reducer:
     """The reducer for the outer synchronisation: fp32 mean unless configured otherwise.
 
     Layers, innermost first, each a wrapper or replacement with the signature
@@ -43,26 +47,25 @@ def build_reducer(config: RunConfig, comm: Communicator) -> Reducer:
     1. compression (``compression.kind``): quantized ring, low-rank or compressed all-gather;
     2. robust aggregation (``aggregation.rule`` / ``max_norm`` / ``outlier_ratio``): butterfly shard exchange;
     3. privacy (``privacy.mode``): clipping and Gaussian noise;
-    4. attack simulation (``byzantine.workers``): what a Byzantine worker sends instead.
+    4. ``wrappers``, outermost, in order: what the runner composes in (attack simulation from
+       :mod:`farsync.sim` when ``byzantine.workers`` is set; the core never imports it).
     """
     reducer: Reducer = MeanReducer(comm)
     if config.compression.kind != "none" or config.compression.adaptive:
-        from farsync.comm.compressed import build_compressed_reducer
+        from farsync.reducers.compressed import build_compressed_reducer
 
         reducer = build_compressed_reducer(config, comm, reducer)
     aggregation = config.aggregation
     if aggregation.rule != "mean" or aggregation.max_norm > 0 or aggregation.outlier_ratio > 0:
-        from farsync.comm.robust import build_robust_reducer
+        from farsync.reducers.robust import build_robust_reducer
 
         reducer = build_robust_reducer(config, comm, reducer)
     if config.privacy.mode != "off":
-        from farsync.privacy.reducer import build_private_reducer
+        from farsync.reducers.private import build_private_reducer
 
         reducer = build_private_reducer(config, comm, reducer)
-    if config.byzantine.workers:
-        from farsync.byzantine.reducer import build_attacking_reducer
-
-        reducer = build_attacking_reducer(config, comm, reducer)
+    for wrap in wrappers:
+        reducer = wrap(config, comm, reducer)
     return reducer
 
 

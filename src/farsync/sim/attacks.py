@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
+from farsync.data.classification import flip_labels
+
 __all__ = [
     "BUILTIN_ATTACKS",
     "LABEL_FLIP",
@@ -163,17 +165,6 @@ def alie(z: float | None = None) -> Attack:
         return colluders.mean(dim=0) - shift * spread
 
     return attack
-
-
-def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Map every class label ``c`` in ``y`` to ``num_classes - 1 - c``."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if y.numel() > 0 and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes - 1}], got range [{int(y.min())}, {int(y.max())}]"
-        )
-    return (num_classes - 1) - y
 
 
 def label_flip() -> Attack:

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 
 from farsync.comm.communicator import Communicator
-from farsync.comm.reducer import Reducer
 from farsync.config import PrivacyConfig, RunConfig
 from farsync.privacy.accountant import PrivacyAccountant
 from farsync.privacy.mechanism import add_noise, clip_update
+from farsync.reducers.base import Reducer
 
 __all__ = ["PrivateReducer", "build_private_reducer", "find_private_reducer"]
 

@@ -1,0 +1,77 @@
+"""The torchrun entry: ``torchrun --nproc-per-node N -m farsync.launch.torchrun CONFIG.toml``.
+
+Each process is one worker; rank 0 gathers every worker's records and result and writes the run's outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from farsync.comm.groups import open_store
+from farsync.config import ConfigError, load_config
+from farsync.launch.dispatch import run_worker
+from farsync.report.summary import write_run_outputs
+from farsync.train import WorkerContext, check_task, read_results
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``torchrun --nproc-per-node N -m farsync.launch.torchrun CONFIG.toml [--out DIR] [--set k=v ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m farsync.launch.torchrun")
+    parser.add_argument("config", nargs="?")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", default="runs/torchrun")
+    args = parser.parse_args(argv)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    try:
+        config = load_config(args.config, [*args.overrides, f"num_workers={world_size}"])
+        check_task(config.data, batch_size=config.train.batch_size, num_workers=world_size, seed=config.seed)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # torchrun's agent already hosts a TCPStore on MASTER_PORT; workers join it as clients.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = open_store(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_store,
+    )
+    prefix = f"torchrun/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    metrics_file = open(out_dir / f"metrics.rank{rank}.jsonl", "w")  # noqa: SIM115 - closed below
+
+    def sink(record: dict[str, Any]) -> None:
+        metrics_file.write(json.dumps(record) + "\n")
+
+    ctx = WorkerContext(rank, world_size, store, out_dir, sink, group_prefix=prefix)
+    run_worker(config, ctx)
+    metrics_file.close()
+    if rank == 0:
+        results = read_results(store, prefix, world_size)
+        records: list[dict[str, Any]] = []
+        for other in range(world_size):
+            path = out_dir / f"metrics.rank{other}.jsonl"
+            records.extend(json.loads(line) for line in path.read_text().splitlines())
+            path.unlink()
+        write_run_outputs(config, out_dir, results, records)
+    # Keep rank 0's store alive until every worker has finished reading it.
+    store.add(f"{prefix}/done", 1)
+    if rank == 0:
+        while int(store.add(f"{prefix}/done", 0)) < world_size:
+            time.sleep(0.05)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
