@@ -18,12 +18,15 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/farsync train
 
-test: setup
+# The tests command runs the lint gate first: ruff (lint + format), mypy strict, the import-layers contract.
+test: lint
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff format --check src tests examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench-core: setup
 	$(BIN)/farsync bench core

@@ -28,5 +28,7 @@ with farsync.DiLoCo(model, optimizer, comm, farsync.AlgorithmConfig(num_inner_st
             print(f"step {step:>3}  loss {loss.item():.4f}")
 
 if comm.rank == 0:
-    print(f"final loss {loss.item():.4f}; outer rounds {diloco.round}; "
-          f"bytes sent {comm.ledger.bytes_sent() / 1e3:.1f} kB; global weights {diloco.global_sha256()[:12]}")
+    print(
+        f"final loss {loss.item():.4f}; outer rounds {diloco.round}; "
+        f"bytes sent {comm.ledger.bytes_sent() / 1e3:.1f} kB; global weights {diloco.global_sha256()[:12]}"
+    )

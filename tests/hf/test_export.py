@@ -1,4 +1,4 @@
-"""Tests for exporting Hugging Face models as safetensors directories (farsync.models.hf_export)."""
+"""Tests for exporting Hugging Face models as safetensors directories (farsync.report.export)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from farsync.data.tokenizer import ByteTokenizer, train_bpe  # noqa: E402
 from farsync.models import GPT, GPTConfig  # noqa: E402
 from farsync.models.hf import HFCausalLM, build_hf_model  # noqa: E402
-from farsync.models.hf_export import HFExportError, export_hf_directory, load_exported  # noqa: E402
+from farsync.report.export import HFExportError, export_hf_directory, load_exported  # noqa: E402
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
 

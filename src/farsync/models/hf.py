@@ -355,7 +355,7 @@ class HFCausalLM(nn.Module):
     """A ``transformers`` causal LM behind farsync's model interface: ``forward(x) -> logits``.
 
     The parameters are the wrapped model's (``hf_model``); keep ``hf_model`` for export with
-    :func:`farsync.models.hf_export.export_hf_directory`. The key/value cache is never used.
+    :func:`farsync.report.export.export_hf_directory`. The key/value cache is never used.
     """
 
     def __init__(self, hf_model: nn.Module, context_length: int | None = None) -> None:
