@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from farsync.bench.common import smoke
 from farsync.comm.groups import open_store
 from farsync.config import RunConfig, load_config
 from farsync.launch.local import run_threads
@@ -208,10 +209,11 @@ def _markdown(rows: list[dict[str, Any]], rules: tuple[str, ...], attacks: tuple
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Runs the grid (``quick``: mean and CenteredClip, sign flip only, 20 steps) and writes the tables."""
+    quick = quick or smoke()
     rules = ("mean", "centered_clip") if quick else RULES
     attacks = ("sign_flip",) if quick else ATTACKS
     counts = (0, 7) if quick else COUNTS
-    num_steps = 20 if quick else 60
+    num_steps = 10 if smoke() else 20 if quick else 60  # smoke (tests): one round of H = 10
     begin = time.perf_counter()
     rows = [_one(rule, "sign_flip", 0, num_steps) for rule in rules] if 0 in counts else []
     for attack in attacks:

@@ -1,10 +1,16 @@
-"""Helpers shared by benchmarks: run a config (cached by its content), and write JSON + markdown tables."""
+"""Helpers shared by benchmarks: run a config (cached by its content), and write JSON + markdown tables.
+
+``FARSYNC_BENCH_SMOKE=1`` (:func:`smoke`) shrinks every benchmark's ``--quick`` version further, to the
+smallest sizes that still go through each of its rows, with runs as threads: the tests use it to check that
+a benchmark runs end to end and writes its tables. Its numbers mean nothing.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -12,9 +18,16 @@ from typing import Any, Literal
 from farsync.config import config_to_toml, load_config
 from farsync.launch.local import launch
 
-__all__ = ["markdown_table", "run_cached", "write_results"]
+__all__ = ["SMOKE_ENV", "markdown_table", "run_cached", "smoke", "write_results"]
 
 logger = logging.getLogger(__name__)
+
+SMOKE_ENV = "FARSYNC_BENCH_SMOKE"
+
+
+def smoke() -> bool:
+    """True when ``FARSYNC_BENCH_SMOKE=1``: benchmarks run at smoke-test size (module docstring)."""
+    return os.environ.get(SMOKE_ENV, "") == "1"
 
 
 def run_cached(
@@ -28,6 +41,8 @@ def run_cached(
     """Runs the config given by ``overrides`` (unless a finished run with the identical resolved config is
     already under ``runs_dir/name``) and returns its summary with the run's name and config hash."""
     config = load_config(None, overrides)
+    if smoke():
+        mode = "threads"  # spawning interpreters would cost a smoke test more than the runs themselves
     text = config_to_toml(config)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     out = runs_dir / name

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from farsync.bench.common import markdown_table, run_cached, write_results
+from farsync.bench.common import markdown_table, run_cached, smoke, write_results
 from farsync.bench.overhead import measure_overhead
 from farsync.config import ModelConfig
 
@@ -82,9 +82,13 @@ def _longer_runs(quick: bool, runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    quick = quick or smoke()
     num_steps = 40 if quick else int(os.environ.get("FARSYNC_BENCH_STEPS", "400"))
     h = "10" if quick else "50"
     base = _base(num_steps, quick)
+    if smoke():  # FARSYNC_BENCH_SMOKE=1: every row of --quick at the smallest size (bench/common.py)
+        num_steps, h = 8, "4"
+        base = [*_base(num_steps, quick), "num_workers=2"]
     runs_dir = out_dir / ("core_runs_quick" if quick else "core_runs")
     named: dict[str, list[str]] = {
         "ddp": ["algorithm.name=ddp"],
@@ -110,7 +114,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         ModelConfig() if not quick else ModelConfig(num_layers=1, width=32, num_heads=2, context_length=32),
         batch_size=8,
         num_inner_steps=int(h),
-        num_blocks=3 if quick else 6,
+        num_blocks=1 if smoke() else 3 if quick else 6,
     )
     diloco = next(r for r in rows if r["name"] == DILOCO_RECIPE)
     targets = {

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from farsync.bench.common import smoke
 from farsync.comm.cost import Collective, wire_bytes
 from farsync.config import RunConfig, load_config
 from farsync.federated.driver import FederatedDriver
@@ -74,6 +75,16 @@ QUICK = {
     "dp_rounds": 10,
     "dp_noise": [1.0],
 }
+SMOKE = {
+    "round_cap": {"FedSGD": 2, "FedAvg": 2, "FedAvg E=20": 1},
+    "lrs": QUICK["lrs"],
+    "partitions": ["iid"],
+    "gossip_workers": 4,
+    "gossip_steps": 4,
+    "dp_rounds": 2,
+    "dp_noise": [1.0],
+}
+"""``FARSYNC_BENCH_SMOKE=1`` (tests): every row of ``--quick`` at the smallest size; numbers mean nothing."""
 
 
 # --------------------------------------------------------------------------------------------- FedAvg
@@ -435,7 +446,7 @@ def _verdicts(result: dict[str, Any]) -> list[str]:
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     """Runs the three experiments; writes ``federated.json`` and ``federated.md`` into ``out_dir``."""
     torch.set_num_threads(1)
-    plan = QUICK if quick else FULL
+    plan = SMOKE if smoke() else QUICK if quick else FULL
     begin = time.perf_counter()
     fedavg = _fedavg_section(plan)
     gossip = _gossip_section(plan)
