@@ -1,26 +1,38 @@
 """``farsync train | bench | report | coordinator | worker``: parses arguments and delegates.
 
 Configuration errors stop here, before anything starts or is written: one line naming the key, the value
-given and what is allowed, and exit code 2.
+given and what is allowed, and exit code 2 (the launchers' checks are in :mod:`farsync.launch.preflight`).
+Other exit codes: 1 a worker failed (its own output says why), 130 Ctrl-C, 128 + N stopped by signal N
+(SIGTERM: 143), 3 to 5 an elastic worker refused, superseded or without its coordinator.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from farsync.config import ConfigError, load_config
+from farsync.config import ConfigError, RunConfig, load_config
 
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
 
 
 def _train(args: argparse.Namespace) -> int:
+    from farsync.launch.preflight import check_new_run_dir
+
     if args.resume:
+        for flag, value in (("--out", args.out), ("--overwrite", args.overwrite)):
+            if value:
+                raise ConfigError(
+                    flag, value, "cannot be combined with --resume (a run resumes in its own directory)"
+                )
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
             raise ConfigError("--resume", args.resume, "expected a run directory containing config.toml")
@@ -33,15 +45,23 @@ def _train(args: argparse.Namespace) -> int:
             if args.out
             else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.algorithm.name}"
         )
+        check_new_run_dir(out_dir, overwrite=args.overwrite)
     # Imported only once the config is valid: torch and the data stack take seconds to import.
-    from farsync.launch.local import launch
+    from farsync.train.lifetime import StopSignals
 
-    if args.elastic:
-        from farsync.elastic.launch import launch_elastic
+    with StopSignals():
+        if args.elastic:
+            summary = _train_elastic(config, out_dir, args)
+        else:
+            from farsync.launch.local import launch
 
-        summary = launch_elastic(config, out_dir, progress=not args.no_progress)
-    else:
-        summary = launch(config, out_dir, resume=bool(args.resume), progress=not args.no_progress)
+            summary = launch(
+                config,
+                out_dir,
+                resume=bool(args.resume),
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
     line = (
         f"{summary['algorithm']}: eval loss {summary['final_eval_loss']:.4f}, "
         f"{summary['bytes_sent_per_worker'] / 1e6:.2f} MB sent per worker "
@@ -51,6 +71,21 @@ def _train(args: argparse.Namespace) -> int:
     print(line)
     print(f"outputs in {out_dir}/ (summary.json, metrics.jsonl, report.png)")
     return 0
+
+
+def _train_elastic(config: RunConfig, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``farsync train --elastic``: the launcher's checks, then the elastic launcher."""
+    from farsync.elastic.launch import launch_elastic
+    from farsync.elastic.worker import check_elastic_config
+    from farsync.launch.preflight import check_elastic_resume, check_run, clear_run_dir
+
+    check_elastic_config(config)
+    check_run(config)
+    if args.resume:
+        check_elastic_resume(config, out_dir)
+    elif args.overwrite:
+        clear_run_dir(out_dir)
+    return launch_elastic(config, out_dir, progress=not args.no_progress)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -72,17 +107,27 @@ def _report(args: argparse.Namespace) -> int:
 
 def _coordinator(args: argparse.Namespace) -> int:
     from farsync.elastic.coordinator import serve
+    from farsync.launch.preflight import check_port
 
+    check_port(args.host, args.port)
     return serve(port=args.port, min_workers=args.min_workers, token_file=args.token_file, host=args.host)
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from farsync.elastic.worker import join
+    from farsync.elastic.client import EXIT_COORDINATOR_LOST, CoordinatorLost
+    from farsync.elastic.worker import check_elastic_config, join
+    from farsync.launch.preflight import check_run
 
     config = load_config(args.config, args.overrides)
-    return join(
-        config, args.coordinator, token_file=args.token_file, out_dir=Path(args.out) if args.out else None
-    )
+    check_elastic_config(config)
+    check_run(config)
+    try:
+        return join(
+            config, args.coordinator, token_file=args.token_file, out_dir=Path(args.out) if args.out else None
+        )
+    except CoordinatorLost as error:
+        print(f"farsync {error}", file=sys.stderr)
+        return EXIT_COORDINATOR_LOST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", nargs="?", help="TOML config file (optional)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument("--out", help="run directory (default runs/<time>-<algorithm>)")
+    train.add_argument("--out", help="run directory, new or empty (default runs/<time>-<algorithm>)")
+    train.add_argument(
+        "--overwrite", action="store_true", help="clear the --out directory of an earlier run first"
+    )
     train.add_argument(
         "--resume", metavar="DIR", help="continue the run in DIR from its latest good checkpoint"
     )
@@ -150,9 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"farsync: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
-        print("farsync: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)  # farsync.train.lifetime.Stopped carries its signal
+        print(f"farsync: {'interrupted' if signum == signal.SIGINT else error}", file=sys.stderr)
+        return 128 + int(signum)
+    except RuntimeError as error:
+        local = sys.modules.get("farsync.launch.local")
+        if local is None or not isinstance(error, local.WorkerFailed):
+            raise
+        # The workers have printed why; a launcher traceback would only bury it.
+        print(f"farsync: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from farsync.config import RunConfig
+from farsync.config import ConfigError, RunConfig
 from farsync.launch.local import launch
 from farsync.train.checkpoint import CheckpointError, find_latest, load_worker_state, prune, save_worker_state
 
@@ -170,14 +170,14 @@ def test_resume_falls_back_past_a_corrupted_newest_checkpoint_and_still_matches(
     assert any("round_000003" in r.getMessage() and "worker_0.pt" in r.getMessage() for r in caplog.records)
 
 
-def test_resume_without_any_checkpoint_starts_from_scratch(
-    uninterrupted: tuple[Path, dict[str, object]], tmp_path: Path, tiny_config: Callable[..., RunConfig]
+def test_resume_without_any_checkpoint_is_refused_before_anything_is_written(
+    tmp_path: Path, tiny_config: Callable[..., RunConfig]
 ) -> None:
     # Prepare
-    _, full = uninterrupted
     config = tiny_config(*RUN, "checkpoint.every_rounds=0")
     # Execute
-    resumed = launch(config, tmp_path / "run", mode="threads", progress=False, resume=True)
-    # Assert: same seed, same data, no checkpoint: the same run again
-    assert resumed["global_params_sha256"] == full["global_params_sha256"]
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="no usable checkpoint") as refused:
+        launch(config, tmp_path / "run", mode="threads", progress=False, resume=True)
+    # Assert: a resume that has nothing to resume from is an error, not a silent new run
+    assert refused.value.key == "--resume"
+    assert not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ scikit-learn's bundled 8x8 digits (no download) and user arrays from an ``.npz``
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,21 +73,30 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> Classificat
 def load_npz(path: str | os.PathLike[str], test_fraction: float = 0.25, seed: int = 0) -> ClassificationData:
     """Load arrays ``x`` (features, any shape ``[N, ...]``) and ``y`` (integer labels ``[N]``) and split them.
 
-    Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` if it lacks ``x`` or ``y``,
-    their lengths differ, or ``y`` is not non-negative integers.
+    Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` if it is not an ``.npz`` archive,
+    lacks ``x`` or ``y``, holds non-numeric arrays, their lengths differ, or ``y`` is not non-negative
+    integers. Every message names the file and what is wrong, in one line.
     """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"npz dataset not found: {file}")
+    if not zipfile.is_zipfile(file):
+        raise ValueError(
+            f"{file} is not an .npz archive; write one with numpy.savez(path, x=features, y=labels)"
+        )
     with np.load(file) as arrays:
         missing = [key for key in ("x", "y") if key not in arrays.files]
         if missing:
             raise ValueError(f"{file} lacks array(s) {missing}; found {arrays.files}, need 'x' and 'y'")
-        features = np.asarray(arrays["x"], dtype=np.float32)
-        raw_labels = np.asarray(arrays["y"])
-    if raw_labels.ndim != 1 or features.shape[0] != raw_labels.shape[0]:
+        try:
+            features = np.asarray(arrays["x"], dtype=np.float32)
+            raw_labels = np.asarray(arrays["y"])
+        except ValueError as error:  # object arrays need pickle, which is never loaded from data files
+            raise ValueError(f"{file}: x and y must be numeric arrays ({error})") from None
+    if raw_labels.ndim != 1 or features.ndim == 0 or features.shape[0] != raw_labels.shape[0]:
         raise ValueError(
-            f"{file}: x has {features.shape[0]} rows but y has shape {raw_labels.shape}; need matching lengths"
+            f"{file}: x has shape {features.shape} and y has shape {raw_labels.shape}; need x [N, ...] and "
+            "y [N] with the same N"
         )
     if not np.issubdtype(raw_labels.dtype, np.integer) or raw_labels.size == 0 or raw_labels.min() < 0:
         raise ValueError(

@@ -38,12 +38,33 @@ from farsync.elastic.token import make_proof
 if TYPE_CHECKING:  # torch.distributed re-exports these only at runtime; the stubs live in torch._C
     from torch._C._distributed_c10d import Store, TCPStore
 
-__all__ = ["CoordinatorClient", "JoinRefused", "RunFinished", "Superseded", "config_digest", "parse_address"]
+__all__ = [
+    "EXIT_COORDINATOR_LOST",
+    "CoordinatorClient",
+    "CoordinatorLost",
+    "JoinRefused",
+    "RunFinished",
+    "Superseded",
+    "config_digest",
+    "parse_address",
+]
 
 logger = logging.getLogger(__name__)
 
 INBOX = "coord/inbox"
 _STORE_ERRORS = (RuntimeError, OSError, ValueError)
+
+
+EXIT_COORDINATOR_LOST = 5
+"""Exit code of a worker that gave up on an unreachable coordinator."""
+
+
+class CoordinatorLost(Exception):
+    """The coordinator stayed unreachable for ``elastic.coordinator_timeout_s``; the worker gives up.
+
+    Deliberately not an ``OSError`` or ``RuntimeError``: the retry loops around store and collective errors
+    catch those, and this one must end the worker.
+    """
 
 
 class JoinRefused(Exception):
@@ -80,6 +101,8 @@ class CoordinatorClient:
         elastic: the ``[elastic]`` section as a dict (timeouts the coordinator adopts).
         progress: returns (round, step) for the heartbeat.
         say: where waiting messages go (the terminal).
+        connect_timeout_s: how long to keep trying to reach the coordinator before raising
+            :class:`CoordinatorLost`; ``elastic["coordinator_timeout_s"]`` wins when present.
     """
 
     def __init__(
@@ -102,7 +125,8 @@ class CoordinatorClient:
         self.config_sha, self.num_slots, self.elastic = config_sha, num_slots, elastic
         self.progress = progress
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.poll_s, self.connect_timeout_s = poll_s, connect_timeout_s
+        self.poll_s = poll_s
+        self.connect_timeout_s = float(elastic.get("coordinator_timeout_s", connect_timeout_s))
         self.incarnation = secrets.token_hex(6)
         self.epoch: str | None = None
         self._lock = threading.Lock()
@@ -126,8 +150,10 @@ class CoordinatorClient:
             except _STORE_ERRORS:
                 pass
             if time.monotonic() > deadline:
-                raise ConnectionError(
-                    f"coordinator at {self.host}:{self.port} unreachable for {self.connect_timeout_s:g}s"
+                who = "worker" if self.slot is None else f"worker {self.slot}"
+                raise CoordinatorLost(
+                    f"{who}: coordinator {self.host}:{self.port} unreachable for {self.connect_timeout_s:g}s "
+                    "(elastic.coordinator_timeout_s); giving up"
                 )
             if not announced:
                 self.say(f"worker: coordinator {self.host}:{self.port} not reachable; retrying")

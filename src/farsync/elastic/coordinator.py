@@ -202,7 +202,12 @@ def serve(
     if min_workers < 1:
         raise ConfigError("--min-workers", min_workers, "must be >= 1")
     token = read_token(token_file)
-    store = open_store(host, port, 1, is_master=True)
+    try:
+        store = open_store(host, port, 1, is_master=True)
+    except RuntimeError as error:  # the store's listen error carries the errno name in its text
+        if "EADDRINUSE" in str(error) or "address already in use" in str(error).lower():
+            raise ConfigError("--port", port, f"{host}:{port} is already in use; pick another port") from None
+        raise
     coordinator = Coordinator(store, token=token, min_workers=min_workers)
     print(
         f"farsync coordinator on {host}:{store.port} (epoch {coordinator.epoch}, min_workers {min_workers}, "

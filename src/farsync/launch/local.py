@@ -4,6 +4,12 @@ benchmarks), all on loopback gloo, with a progress bar and the run's output file
 The launcher hosts the run's TCPStore; workers connect to it, build their groups on prefixes of it and
 publish their final results to it. Worker records reach the launcher through a queue (processes) or a
 list (threads), and the launcher alone writes ``metrics.jsonl``.
+
+Before anything starts or is written, :mod:`farsync.launch.preflight` checks the run. A resumed run touches
+its directory only once it has started: ``config.toml`` (the previous one kept as ``config.previous.toml``)
+and ``metrics.jsonl`` are written when every worker has loaded its checkpoint, so a resume that fails to
+start leaves the directory as it was. Worker processes die with the launcher (:mod:`farsync.train.lifetime`):
+a SIGTERM, SIGHUP or Ctrl-C stops them (one line each), and a SIGKILLed launcher takes them with it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import queue
 import sys
 import threading
@@ -23,11 +30,12 @@ from tqdm import tqdm
 from farsync.comm.groups import open_store
 from farsync.config import RunConfig, config_to_toml, load_config
 from farsync.launch.dispatch import run_worker
+from farsync.launch.preflight import check_resume, check_run, clear_run_dir
 from farsync.report.summary import write_run_outputs
 from farsync.train import WorkerContext, read_results
-from farsync.train.task import check_task
+from farsync.train.lifetime import become_worker_process, ignoring_interrupts, stop_processes
 
-__all__ = ["launch", "run_threads"]
+__all__ = ["WorkerFailed", "launch", "run_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +49,11 @@ def _process_entry(
     records: Any,
     resume: bool,
     prefix: str,
+    parent: int,
 ) -> None:
     import tempfile
 
+    become_worker_process(parent)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as handle:
         handle.write(config_toml)
@@ -97,43 +107,103 @@ class _Progress:
         self.bar.close()
 
 
+class WorkerFailed(RuntimeError):
+    """A worker process exited with an error (its own output says why)."""
+
+
+class _RunFiles:
+    """``config.toml`` and ``metrics.jsonl`` of the run directory.
+
+    A new run writes both at once. A resumed run holds its records back until every worker has reported
+    its ``resume`` record (it loaded its checkpoint), then keeps the previous ``config.toml`` as
+    ``config.previous.toml``, writes its own and appends the records to ``metrics.jsonl``.
+    """
+
+    def __init__(self, config: RunConfig, out_dir: Path, *, resume: bool, bar: _Progress) -> None:
+        self.config, self.out_dir, self.bar = config, out_dir, bar
+        self.pending: list[dict[str, Any]] = []
+        self.resumed: set[Any] = set()
+        self.file: Any = None
+        if not resume:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.toml").write_text(config_to_toml(config))
+            self.file = open(out_dir / "metrics.jsonl", "w")  # noqa: SIM115 - closed in close()
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        self.bar.update(record)
+        if self.file is None:
+            self.pending.append(record)
+            if record.get("kind") == "resume":
+                self.resumed.add(record.get("worker"))
+                if len(self.resumed) == self.config.num_workers:
+                    self.start()
+            return
+        self._write(record)
+
+    def start(self) -> None:
+        """The resumed run has started: its config and the records held back go to the directory."""
+        if self.file is not None:
+            return
+        path, text = self.out_dir / "config.toml", config_to_toml(self.config)
+        if path.is_file() and path.read_text() != text:
+            os.replace(path, self.out_dir / "config.previous.toml")
+        temp = path.with_name("config.toml.tmp")
+        temp.write_text(text)
+        os.replace(temp, path)
+        self.file = open(self.out_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        for record in self.pending:
+            self._write(record)
+        self.pending.clear()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        # Appended as they arrive, so an interrupted run keeps its metrics up to the crash.
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 def launch(
     config: RunConfig,
     out_dir: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     mode: Literal["processes", "threads"] = "processes",
 ) -> dict[str, Any]:
-    """Runs ``config.num_workers`` workers to the end; writes the run directory; returns the summary."""
-    # A batch larger than a worker's shard is a config error: raise it before anything is written.
-    check_task(
-        config.data, batch_size=config.train.batch_size, num_workers=config.num_workers, seed=config.seed
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.toml").write_text(config_to_toml(config))
+    """Runs ``config.num_workers`` workers to the end; writes the run directory; returns the summary.
+
+    Raises :class:`~farsync.config.ConfigError` before anything starts or is written when the run cannot work
+    (:mod:`farsync.launch.preflight`); ``resume`` continues the run in ``out_dir`` from its newest usable
+    checkpoint (resharded when ``num_workers`` changed); ``overwrite`` clears ``out_dir`` once the checks
+    have passed. Whether a new run may use a non-empty ``out_dir`` is the caller's decision.
+    """
+    check_run(config)
+    if resume:
+        plan = check_resume(config, out_dir)
+        if plan.resharded:
+            print(f"farsync: {plan.describe()}", file=sys.stderr, flush=True)
+    elif overwrite:
+        clear_run_dir(out_dir)
     n = config.num_workers
     store = open_store("127.0.0.1", 0, n + 1, is_master=True)
     prefix = f"run{int(time.time() * 1000)}"
     bar = _Progress(config.train.num_steps, progress)
-    metrics_path = out_dir / "metrics.jsonl"
-    # Records are appended as they arrive, so an interrupted run keeps its metrics up to the crash.
-    with open(metrics_path, "a" if resume else "w") as metrics_file:
-
-        def on_record(record: dict[str, Any]) -> None:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            bar.update(record)
-
-        try:
-            if mode == "threads":
-                run_threads(config, n, store, out_dir, prefix, resume, on_record)
-            else:
-                _run_processes(config, n, store.port, out_dir, prefix, resume, on_record)
-        finally:
-            bar.close()
+    files = _RunFiles(config, out_dir, resume=resume, bar=bar)
+    try:
+        if mode == "threads":
+            run_threads(config, n, store, out_dir, prefix, resume, files.on_record)
+        else:
+            _run_processes(config, n, store.port, out_dir, prefix, resume, files.on_record)
+        files.start()  # a run whose workers never report a resume (nothing to resume) has started too
+    finally:
+        bar.close()
+        files.close()
     results = read_results(store, prefix, n)
-    records = _deduplicated(metrics_path) if resume else None
+    records = _deduplicated(out_dir / "metrics.jsonl") if resume else None
     return write_run_outputs(config, out_dir, results, records)
 
 
@@ -198,16 +268,31 @@ def _run_processes(
     context = mp.get_context("spawn")
     records_queue = context.Queue()
     config_toml = config_to_toml(config)
+    parent = os.getpid()
     processes = [
         context.Process(
             target=_process_entry,
-            args=(config_toml, rank, n, port, str(out_dir), records_queue, resume, prefix),
+            args=(config_toml, rank, n, port, str(out_dir), records_queue, resume, prefix, parent),
             daemon=True,
         )
         for rank in range(n)
     ]
-    for process in processes:
-        process.start()
+    try:
+        with ignoring_interrupts():
+            for process in processes:
+                process.start()
+        return _collect(processes, records_queue, on_record)
+    except BaseException as error:
+        stopped = stop_processes(processes)
+        if isinstance(error, KeyboardInterrupt):
+            for rank, process in enumerate(processes):
+                if process.pid in stopped:
+                    print(f"farsync: worker {rank} (pid {process.pid}) stopped", file=sys.stderr, flush=True)
+        raise
+
+
+def _collect(processes: list[Any], records_queue: Any, on_record: Any) -> list[dict[str, Any]]:
+    """Passes the workers' records on until every worker has exited; raises if one failed."""
     collected: list[dict[str, Any]] = []
     while True:
         try:
@@ -215,11 +300,8 @@ def _run_processes(
         except queue.Empty:
             if all(not p.is_alive() for p in processes):
                 break
-            failed = [p for p in processes if p.exitcode not in (None, 0)]
-            if failed:
-                for process in processes:
-                    process.kill()
-                raise RuntimeError(
+            if any(p.exitcode not in (None, 0) for p in processes):
+                raise WorkerFailed(
                     f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}"
                 ) from None
             continue
@@ -229,7 +311,6 @@ def _run_processes(
         record = records_queue.get()
         collected.append(record)
         on_record(record)
-    bad = [p.exitcode for p in processes if p.exitcode != 0]
-    if bad:
-        raise RuntimeError(f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}")
+    if any(p.exitcode != 0 for p in processes):
+        raise WorkerFailed(f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}")
     return collected

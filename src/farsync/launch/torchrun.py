@@ -17,8 +17,10 @@ from typing import Any
 from farsync.comm.groups import open_store
 from farsync.config import ConfigError, load_config
 from farsync.launch.dispatch import run_worker
+from farsync.launch.preflight import check_run
 from farsync.report.summary import write_run_outputs
-from farsync.train import WorkerContext, check_task, read_results
+from farsync.train import WorkerContext, read_results
+from farsync.train.lifetime import become_worker_process
 
 __all__ = ["main"]
 
@@ -33,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
         config = load_config(args.config, [*args.overrides, f"num_workers={world_size}"])
-        check_task(config.data, batch_size=config.train.batch_size, num_workers=world_size, seed=config.seed)
+        check_run(config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    become_worker_process(os.getppid())  # dies with torchrun's agent, even a SIGKILLed one
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
