@@ -23,6 +23,7 @@ from torch import nn
 from farsync.algorithms.streaming import StreamingDiLoCo
 from farsync.comm.communicator import Communicator
 from farsync.config import AlgorithmConfig
+from farsync.sim.ranks import run_ranks
 
 INNER_LR, OUTER_LR, MOMENTUM, ALPHA, TAU, H = 0.1, 0.7, 0.9, 0.25, 1, 4
 NUM_STEPS = 12
@@ -95,8 +96,6 @@ def _train(rank: int, world: int, group: Any, store: Any) -> tuple[list[list[flo
 
 
 def test_two_ranks_follow_the_hand_stepped_fragment_outer_steps() -> None:
-    from farsync.sim.ranks import run_ranks
-
     results = run_ranks(_train, 2, prefix="safety-streaming")
     expected_history, expected_final = _reference()
     for rank, (history, final) in enumerate(results):

@@ -1,0 +1,35 @@
+"""Smoke tests of the benchmarks' measuring helpers: the framework-overhead loop and all-reduce timing."""
+
+from __future__ import annotations
+
+import pytest
+from bench_helpers import finite
+
+from farsync.bench.allreduce_timing import compare_allreduce
+from farsync.bench.overhead import measure_overhead
+from farsync.config import ModelConfig
+
+
+def test_measure_overhead_times_both_loops_over_whole_rounds() -> None:
+    model = ModelConfig(num_layers=1, width=16, num_heads=2, context_length=8)
+    result = measure_overhead(model, batch_size=2, num_inner_steps=3, num_blocks=2)
+    assert finite(result["plain_step_s"], result["diloco_step_s"], result["overhead"])
+    assert result["plain_step_s"] > 0 and result["diloco_step_s"] > 0
+    assert result["overhead"] == pytest.approx(result["diloco_step_s"] / result["plain_step_s"] - 1)
+    # Block 0 warms both loops up, then num_blocks timed blocks of one DiLoCo round each.
+    assert (result["num_blocks"], result["num_inner_steps"], result["outer_rounds_done"]) == (2, 3, 3)
+
+
+def test_compare_allreduce_on_a_slow_virtual_link_takes_at_least_the_link_time() -> None:
+    numel, rate = 4096, 8e6  # 1 MB/s: fp32 at 2 ranks sends 16 KiB, about 16 ms on the link
+    result = compare_allreduce(
+        world_size=2, numel=numel, bandwidth_bps=rate, kinds=("fp32", "ring_fp32", "int4"), repeats=1
+    )
+    assert result["setup"]["world_size"] == 2 and result["setup"]["clock"] == "virtual"
+    for kind, timing in result["kinds"].items():
+        assert finite(*timing.values()), kind
+        assert timing["link_seconds"] == pytest.approx(timing["bytes_sent"] / (rate / 8))  # no latency
+        assert timing["seconds"] >= 0.999 * timing["link_seconds"] > 0, kind  # the link's time is charged
+    assert result["kinds"]["fp32"]["bytes_sent"] == result["kinds"]["ring_fp32"]["bytes_sent"] == 4 * numel
+    assert result["kinds"]["int4"]["bytes_sent"] < result["kinds"]["fp32"]["bytes_sent"] / 6
+    assert result["speedup"]["fp32"] == 1.0 and result["link_speedup"]["int4"] > 6
