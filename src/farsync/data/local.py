@@ -61,6 +61,7 @@ __all__ = [
     "WindowBatches",
     "check_local_dataset",
     "load_local_dataset",
+    "read_local_texts",
     "resolve_data_files",
     "tokenize_local_dataset",
 ]
@@ -306,6 +307,33 @@ def _encode_rows(
     if not pieces:
         return np.empty(0, dtype=dtype)
     return np.concatenate(pieces)
+
+
+def read_local_texts(
+    path: str | os.PathLike[str],
+    *,
+    data_format: str = "auto",
+    text_field: str = "text",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Every non-empty document of a local dataset, in file and record order (to train a tokenizer on).
+
+    Reads through ``datasets`` as :func:`tokenize_local_dataset` does; raises :class:`LocalDataError` for an
+    unusable path or a missing or non-text field.
+    """
+    files = check_local_dataset(path, data_format, text_field)
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "datasets"
+    dataset = _load_rows(files, directory)
+    texts: list[str] = []
+    for batch in dataset.select_columns([files.text_field]).iter(batch_size=_ENCODE_BATCH):
+        for text in batch[files.text_field]:
+            if not isinstance(text, str):
+                raise LocalDataError(
+                    f"a record has a {type(text).__name__} in field {files.text_field!r}; expected text"
+                )
+            if text:
+                texts.append(text)
+    return texts
 
 
 def _save_atomically(path: Path, array: np.ndarray[Any, Any]) -> None:

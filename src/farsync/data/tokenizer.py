@@ -30,7 +30,10 @@ from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from farsync.data.corpus import TextCorpus
 
 __all__ = [
     "EOS_TOKEN",
@@ -43,6 +46,7 @@ __all__ = [
     "default_cache_dir",
     "load_tokenizer_json",
     "make_tokenizer",
+    "tokenize_corpus",
     "train_bpe",
 ]
 
@@ -419,3 +423,70 @@ def make_tokenizer(
             "a directory holding one"
         )
     return load_tokenizer_json(kind)
+
+
+_CORPUS_CACHE_VERSION = 1
+
+
+def _token_dtype(vocab_size: int) -> Any:
+    import numpy as np
+
+    return np.int16 if vocab_size <= 2**15 else np.int32
+
+
+def tokenize_corpus(
+    corpus: TextCorpus, tokenizer: Tokenizer, *, cache_dir: str | os.PathLike[str] | None = None
+) -> TextCorpus:
+    """The same corpus with every file's UTF-8 text encoded by ``tokenizer`` (cached on disk).
+
+    Each training file becomes its token ids followed by the end-of-text id (when the tokenizer has one);
+    the validation bytes are decoded and encoded as one text. The result is a
+    :class:`~farsync.data.corpus.TextCorpus` of integer tensors that the partitioners and batch iterators
+    take as they take bytes. It is cached as ``<cache_dir>/corpus-<key>.npz`` (default
+    ``default_cache_dir() / "datasets"``), the key hashing the tokenizer's identity and every file's path
+    and bytes, so workers started after a launcher tokenized the corpus read it instead of encoding again.
+    """
+    import numpy as np
+    import torch
+
+    from farsync.data.corpus import TextCorpus
+
+    digest = hashlib.sha256(f"{_CORPUS_CACHE_VERSION}:{tokenizer.identity}:{tokenizer.eos_id}".encode())
+    for relpath, data in corpus.train_files:
+        digest.update(relpath.encode("utf-8") + b"\0")
+        digest.update(data.numpy().tobytes())
+    digest.update(b"\0val\0" + corpus.val_tokens.numpy().tobytes())
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "datasets"
+    cached = directory / f"corpus-{digest.hexdigest()[:24]}.npz"
+    dtype = _token_dtype(tokenizer.vocab_size)
+    if cached.is_file():
+        with np.load(cached) as stored:
+            train, offsets, val = stored["train"], stored["offsets"], stored["val"]
+    else:
+        texts = [bytes(data.numpy()).decode("utf-8", errors="replace") for _, data in corpus.train_files]
+        eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+        encoded = [np.asarray(ids + eos, dtype=dtype) for ids in tokenizer.encode_batch(texts)]
+        offsets = np.cumsum([0] + [len(ids) for ids in encoded]).astype(np.int64)
+        train = np.concatenate(encoded) if encoded else np.empty(0, dtype=dtype)
+        val_text = bytes(corpus.val_tokens.numpy()).decode("utf-8", errors="replace")
+        val = np.asarray(tokenizer.encode(val_text), dtype=dtype)
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{cached.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.savez(stream, train=train, offsets=offsets, val=val)
+            os.replace(temporary, cached)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        logger.info("tokenized the corpus into %d training tokens, cached at %s", train.size, cached)
+    train_tensor = torch.from_numpy(np.ascontiguousarray(train))
+    files = [
+        (relpath, train_tensor[int(offsets[i]) : int(offsets[i + 1])])
+        for i, (relpath, _) in enumerate(corpus.train_files)
+    ]
+    return TextCorpus(
+        train_files=[(relpath, tokens) for relpath, tokens in files if tokens.numel() > 0],
+        val_tokens=torch.from_numpy(np.ascontiguousarray(val)),
+        val_paths=list(corpus.val_paths),
+    )

@@ -8,6 +8,11 @@ when they exceed ``max_shard_size``) through ``PreTrainedModel.save_pretrained``
 :func:`load_exported` loads such a directory back with
 ``AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)``.
 
+A run with ``model.kind = "hf"`` ends with worker 0 writing the final global weights (fp32) and the
+tokenizer to ``RUN_DIR/final/`` in that format (:func:`final_model_hook`, :func:`save_final_model`);
+``farsync export RUN_DIR --out DIR`` (:func:`export_run`) copies them out as a model directory, sharded as
+asked. Runs under ``--elastic`` write no ``final/`` (their workers do not run the hook).
+
 Problems raise :class:`HFExportError` (a ``ValueError``) naming the directory or argument.
 ``transformers`` is an optional dependency (``pip install farsync[hf]``), imported only when used.
 References: ``transformers``' `model sharing and sharded checkpoints
@@ -25,16 +30,27 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-if TYPE_CHECKING:  # only the protocol: importing this module never imports farsync.data
+from farsync.config import ConfigError, load_config
+
+if TYPE_CHECKING:  # only types: importing this module never imports farsync.data or the training loop
     from farsync.data.tokenizer import Tokenizer
+    from farsync.train.context import WorkerResult
+    from farsync.train.loop import TrainingLoop
 
 __all__ = [
-    "EXPORTED_WEIGHT_INDEX",
     "EXPORTED_WEIGHTS",
+    "EXPORTED_WEIGHT_INDEX",
+    "FINAL_DIR",
     "HFExportError",
     "export_hf_directory",
+    "export_run",
+    "final_model_hook",
     "load_exported",
+    "save_final_model",
 ]
+
+FINAL_DIR = "final"
+"""Sub-directory of a run directory holding the final global weights of a Hugging Face model."""
 
 logger = logging.getLogger(__name__)
 
@@ -157,3 +173,62 @@ def load_exported(directory: str | os.PathLike[str]) -> Any:
         return transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise HFExportError(f"cannot load the model in {str(path)!r} ({error})") from error
+
+
+def save_final_model(model: nn.Module, run_dir: str | os.PathLike[str], tokenizer: Tokenizer | None) -> Path:
+    """Writes ``model`` (holding the final global weights) and ``tokenizer`` to ``RUN_DIR/final/``."""
+    final = Path(run_dir) / FINAL_DIR
+    export_hf_directory(model, final, tokenizer, overwrite=True)
+    return final
+
+
+def final_model_hook(loop: TrainingLoop, result: WorkerResult) -> WorkerResult:
+    """A loop's ``finish`` part: worker 0 of a Hugging Face run saves the global weights for export."""
+    if loop.ctx.rank == 0 and loop.ctx.out_dir is not None and hasattr(loop.task.model, "hf_model"):
+        with loop.algorithm.evaluating() as model:
+            save_final_model(model, loop.ctx.out_dir, loop.task.tokenizer)
+    return result
+
+
+def export_run(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    max_shard_size: str | int = "2GB",
+    overwrite: bool = False,
+) -> list[Path]:
+    """``farsync export``: the final global weights of the run in ``run_dir`` as a Hugging Face directory.
+
+    Writes ``config.json``, ``model.safetensors`` (or shards of at most ``max_shard_size`` with an index)
+    and the tokenizer files to ``out_dir``, which ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads
+    offline. Raises :class:`~farsync.config.ConfigError` (naming ``RUN_DIR`` or ``--out``) when the run is not
+    a finished Hugging Face run or the output cannot be written.
+    """
+    run = Path(run_dir).expanduser()
+    if not (run / "config.toml").is_file():
+        raise ConfigError("RUN_DIR", str(run_dir), "expected a run directory containing config.toml")
+    config = load_config(run / "config.toml")
+    if config.model.kind != "hf":
+        raise ConfigError(
+            "RUN_DIR",
+            str(run_dir),
+            f"the run trained model.kind = {config.model.kind!r}; only Hugging Face models (model.kind = "
+            "'hf') export to a Hugging Face directory",
+        )
+    final = run / FINAL_DIR
+    if not (final / "config.json").is_file():
+        raise ConfigError(
+            "RUN_DIR",
+            str(run_dir),
+            f"no final weights in {final} (written when a run ends; an unfinished or --elastic run has none)",
+        )
+    from farsync.data.tokenizer import TokenizerError, load_tokenizer_json
+
+    try:
+        model = load_exported(final)
+        tokenizer = load_tokenizer_json(final) if (final / "tokenizer.json").is_file() else None
+        return export_hf_directory(
+            model, out_dir, tokenizer, max_shard_size=max_shard_size, overwrite=overwrite
+        )
+    except (HFExportError, TokenizerError) as error:
+        raise ConfigError("--out", str(out_dir), " ".join(str(error).split())) from None
