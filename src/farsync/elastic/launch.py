@@ -5,10 +5,12 @@ to ``OUT/token`` (mode 0600; workers read it from there, as ``farsync worker --t
 starts each worker as a process running :func:`farsync.elastic.worker.join` with ``FARSYNC_WORKER_ID`` set
 to its slot, logging to
 ``OUT/logs/worker<slot>.log``. An optional :class:`~farsync.sim.faults.FaultInjector` kills and restarts
-workers. When every worker has exited, the launcher merges their records and the coordinator's quorum and
-failure events into ``metrics.jsonl`` and writes ``summary.json`` with the elastic figures:
-``num_quorum_changes``, ``worker_failures``, ``rounds_lost_by_survivors``, ``inner_steps_lost_by_survivors``,
-``healing_s`` and ``global_params_equal``.
+workers. The final quorum's source worker writes ``summary.json`` with the ``farsync train`` contract and the
+elastic figures (:mod:`farsync.elastic.summary`). When every worker has exited, the launcher merges their
+records, the coordinator's quorum and failure events and the injector's log into ``metrics.jsonl`` and adds
+its own figures to that summary (:data:`~farsync.elastic.summary.LAUNCHER_FIGURES`: quorum changes, worker
+failures, refused joins, elapsed time, kills). If the source died after the run's last boundary, the
+launcher writes the same summary from the ``result.worker<slot>.json`` files instead.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from typing import Any
 
 from farsync.comm.groups import open_store
 from farsync.config import RunConfig, config_to_toml
+from farsync.elastic.client import EXIT_COORDINATOR_LOST, CoordinatorLost
 from farsync.elastic.coordinator import Coordinator
+from farsync.elastic.summary import read_worker_records, write_elastic_summary
 from farsync.elastic.token import read_token, write_token
 from farsync.elastic.worker import check_elastic_config
-from farsync.report.summary import write_run_outputs
 from farsync.sim.faults import FaultInjector, FaultPlan
+from farsync.train.lifetime import become_worker_process
 
 __all__ = ["WorkerPool", "launch_elastic"]
 
@@ -40,6 +44,7 @@ def _worker_entry(
     config_path: str, address: str, token_file: str, out_dir: str, slot: int, log_path: str
 ) -> None:
     """A worker process: output to its log file, its slot in the environment, then ``farsync worker``."""
+    become_worker_process(os.getppid())  # dies with the launcher, even a SIGKILLed one
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -50,7 +55,11 @@ def _worker_entry(
     from farsync.config import load_config
     from farsync.elastic.worker import join
 
-    code = join(load_config(config_path), address, token_file=token_file, out_dir=Path(out_dir))
+    try:
+        code = join(load_config(config_path), address, token_file=token_file, out_dir=Path(out_dir))
+    except CoordinatorLost as error:
+        print(f"farsync {error}", file=sys.stderr)
+        code = EXIT_COORDINATOR_LOST
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -129,7 +138,7 @@ def _prepare_dir(out_dir: Path) -> list[dict[str, Any]]:
     """Clears per-worker files of an earlier launch; returns the earlier records when resuming."""
     resuming = (out_dir / "elastic" / "checkpoints").is_dir()
     previous = _read_jsonl(out_dir / "metrics.jsonl") if resuming else []
-    for pattern in ("result.worker*.json", "metrics.worker*.jsonl"):
+    for pattern in ("result.worker*.json", "metrics.worker*.jsonl", "summary.json"):
         for path in out_dir.glob(pattern):
             path.unlink()
     return previous
@@ -192,28 +201,34 @@ def _write_outputs(
     previous: list[dict[str, Any]],
     elapsed_s: float,
 ) -> dict[str, Any]:
-    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("result.worker*.json"))]
-    if not results:
-        raise RuntimeError(f"no elastic worker finished; see the logs in {out_dir / 'logs'}")
-    records = list(previous)
-    for path in sorted(out_dir.glob("metrics.worker*.jsonl")):
-        records.extend(_read_jsonl(path))
+    from farsync.report.plots import plot_run  # matplotlib: imported only when a run has finished
+
+    worker_records = read_worker_records(out_dir)
+    summary_path = out_dir / "summary.json"
+    if summary_path.is_file():  # written by the final quorum's source
+        summary: dict[str, Any] = json.loads(summary_path.read_text())
+    else:
+        results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("result.worker*.json"))]
+        if not results:
+            raise RuntimeError(f"no elastic worker finished; see the logs in {out_dir / 'logs'}")
+        logger.warning("elastic: the final quorum's source wrote no summary; writing it from the results")
+        summary = write_elastic_summary(config, out_dir, results, worker_records)
+    records = [*previous, *worker_records]
     records.extend({**event, "source": "coordinator"} for event in coordinator.book.events)
     if injector is not None:
         records.extend({**entry, "source": "fault_injector"} for entry in injector.log)
-    summary = write_run_outputs(config, out_dir, results, records)
-    heal_times = [float(rec["healing_s"]) for rec in records if rec.get("kind") == "heal"]
-    hashes = [r["global_params_sha256"] for r in results]
+    with open(out_dir / "metrics.jsonl", "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    plot_run(
+        out_dir / "metrics.jsonl",
+        out_dir / "report.png",
+        title=f"{summary['algorithm']} x{summary['num_workers']}",
+    )
     summary.update(coordinator.summary())
     summary.update(
-        rounds_lost_by_survivors=sum(int(r["elastic"]["rounds_lost"]) for r in results),
-        inner_steps_lost_by_survivors=sum(int(r["elastic"]["inner_steps_lost"]) for r in results),
-        collective_retries=sum(int(r["elastic"]["collective_retries"]) for r in results),
-        healing_s=sorted(heal_times),
-        num_finished_workers=len(results),
-        global_params_equal=len(set(hashes)) == 1,
         elastic_elapsed_s=elapsed_s,
         num_kills=sum(1 for e in injector.log if e["kind"] == "kill") if injector is not None else 0,
     )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

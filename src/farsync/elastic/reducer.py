@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 
 class ElasticTarget(Protocol):
-    """The worker state the elastic reducer reads and heals (implemented by the elastic worker loop)."""
+    """The worker state the elastic reducer reads and heals (:class:`farsync.elastic.worker.ElasticMember`,
+    over its training loop)."""
 
     @property
     def outer(self) -> OuterState:

@@ -1,4 +1,4 @@
-"""An elastic worker: the ordinary training loop, joined to a coordinator instead of a fixed group.
+"""An elastic worker: the core training loop composed with elastic parts, joined to a coordinator.
 
 ``farsync worker --coordinator HOST:PORT CONFIG.toml --token-file F`` runs :func:`join`. The worker
 
@@ -8,7 +8,14 @@
 3. arrives at the next round boundary without a pseudo-gradient: the quorum it joins heals it (global
    weights, outer momentum, round and step counters from a live peer) and it contributes weight 0 to that
    boundary's collective, then trains from the new global weights like everyone else;
-4. at every later boundary synchronises through :class:`~farsync.elastic.reducer.ElasticReducer`.
+4. at every later boundary synchronises through :class:`~farsync.elastic.reducer.ElasticReducer`;
+5. at the end puts its result in the coordinator's store; the last quorum's source collects the members'
+   results and writes ``summary.json`` with the ``farsync train`` contract (:mod:`farsync.elastic.summary`).
+
+The loop is :class:`farsync.train.TrainingLoop` built from an :class:`ElasticMember`'s parts: a
+world-size-1 communicator (the reducer builds one per quorum), the elastic reducer (the algorithm is built
+with it), join-and-heal as the resume hook, the source's checkpoint as the checkpoint hook, quorum figures on
+round records and the elastic figures on the result.
 
 **Data.** Shards are fixed by the configured ``num_workers`` slots: a worker trains on the shard of its slot,
 a restarted worker takes its slot back, and a slot nobody holds simply contributes nothing while empty.
@@ -27,13 +34,16 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from farsync.algorithms.diloco import DiLoCo, OuterState
+from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
+from farsync.comm.ledger import ByteLedger
 from farsync.config import ConfigError, RunConfig, config_to_toml
 from farsync.elastic.client import (
     CoordinatorClient,
@@ -45,13 +55,19 @@ from farsync.elastic.client import (
 )
 from farsync.elastic.quorum import Decision
 from farsync.elastic.reducer import ElasticReducer
+from farsync.elastic.summary import (
+    collect_results,
+    publish_elastic_result,
+    read_worker_records,
+    write_elastic_summary,
+)
 from farsync.elastic.token import read_token
 from farsync.sim.attacking import build_attacking_reducer
-from farsync.train import TrainingLoop, WorkerContext, lr_lambda
+from farsync.train import LoopParts, TrainingLoop, WorkerContext, WorkerResult, lr_lambda
 from farsync.train.build import build_reducer
 from farsync.train.checkpoint import find_latest, load_worker_state, prune, save_worker_state
 
-__all__ = ["EXIT_REFUSED", "ElasticLoop", "check_elastic_config", "join"]
+__all__ = ["EXIT_REFUSED", "ElasticMember", "ElasticWorkerResult", "check_elastic_config", "join"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,33 +87,60 @@ def check_elastic_config(config: RunConfig) -> None:
         )
     if config.parallel.num_stages != 1:
         raise ConfigError("parallel.num_stages", config.parallel.num_stages, "elastic runs need 1")
+    if config.parallel.num_shards != 1:
+        raise ConfigError(
+            "parallel.num_shards",
+            config.parallel.num_shards,
+            "elastic runs need 1 (a sharded replica's FSDP group cannot lose or gain members)",
+        )
 
 
-class ElasticLoop(TrainingLoop):
-    """:class:`farsync.train.TrainingLoop` whose synchronisation goes through an :class:`ElasticReducer`.
+@dataclass(kw_only=True)
+class ElasticWorkerResult(WorkerResult):
+    """An elastic worker's result: the core fields plus ``elastic`` (slot, incarnation, rounds and inner
+    steps lost, collective retries, healing times)."""
 
-    This loop owns only a world-size-1 communicator; the reducer builds one per quorum. ``ctx.rank`` is the
+    elastic: dict[str, Any]
+
+
+class ElasticMember:
+    """The elastic parts of one worker and the loop built from them (:attr:`loop`).
+
+    Implements :class:`~farsync.elastic.reducer.ElasticTarget` over the loop's state. ``ctx.rank`` is the
     worker's slot and ``ctx.world_size`` the configured number of slots (data shards).
     """
 
     def __init__(self, config: RunConfig, ctx: WorkerContext, client: CoordinatorClient) -> None:
-        self.client = client
-        super().__init__(config, ctx)
+        self.config, self.ctx, self.client = config, ctx, client
+        clock = Clock(config.network.emulation)
+        ledger = ByteLedger(rank=ctx.rank)
+        # No fixed group: the elastic reducer builds one per quorum over this communicator's ledger and clock.
+        local = Communicator(None, 0, 1, ledger=ledger, clock=clock, link=None)
         self.reducer = ElasticReducer(
-            self.comm,
+            local,
             client=client,
             config=config,
             build_inner=lambda comm: build_reducer(config, comm, ctx.reducer_wrappers),
-            sink=self.emit,
+            sink=lambda record: self.loop.emit(record),
         )
-        assert isinstance(self.algorithm, DiLoCo), "check_elastic_config admits the DiLoCo family only"
-        self.diloco: DiLoCo = self.algorithm
-        self.diloco.reducer = self.reducer
+        self.loop = TrainingLoop(
+            config,
+            ctx,
+            LoopParts(
+                clock=clock,
+                ledger=ledger,
+                comm=local,
+                reducer=self.reducer,
+                decorate=self.decorate,
+                finish=self.finish,
+                resume=self.join_quorum,
+                checkpoint=self.checkpoint,
+            ),
+        )
+        algorithm = self.loop.algorithm
+        assert isinstance(algorithm, DiLoCo), "check_elastic_config admits the DiLoCo family only"
+        self.diloco: DiLoCo = algorithm
         self.reducer.target = self
-
-    def make_communicator(self) -> Communicator:
-        # No fixed group: the elastic reducer builds one per quorum over this communicator's ledger and clock.
-        return Communicator(None, 0, 1, ledger=self.ledger, clock=self.clock, link=None)
 
     # ------------------------------------------------------------------------- ElasticTarget protocol
     @property
@@ -106,54 +149,56 @@ class ElasticLoop(TrainingLoop):
 
     def arrival_state(self, pending: bool) -> dict[str, Any]:
         # Inside the optimizer hook the loop has not counted the step that ended the round yet.
-        step = self.step + 1 if pending else self.step
-        return {"round": self.algorithm.round, "step": step, "sha": self.algorithm.global_sha256()}
+        step = self.loop.step + 1 if pending else self.loop.step
+        return {"round": self.diloco.round, "step": step, "sha": self.diloco.global_sha256()}
 
     def on_healed(self, decision: Decision, pending: bool) -> None:
-        self.algorithm.round = decision.round
-        self.algorithm.inner_step = decision.step
+        self.diloco.round = decision.round
+        self.diloco.inner_step = decision.step
         self.diloco.steps_in_round = 0
         self._set_step(decision.step - 1 if pending else decision.step)
-        self.optimizer.state.clear()  # inner AdamW moments start from zero (see farsync.elastic.healing)
+        self.loop.optimizer.state.clear()  # inner AdamW moments start from zero (see farsync.elastic.healing)
         self._reseed_batches(decision.round)
 
     def _set_step(self, step: int) -> None:
-        self.step = step
-        self.scheduler.last_epoch = step
+        loop = self.loop
+        loop.step = step
+        loop.scheduler.last_epoch = step
         factor = lr_lambda(self.config.train)(step)
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+        for group, base in zip(loop.optimizer.param_groups, loop.scheduler.base_lrs, strict=True):
             group["lr"] = base * factor
 
     def _reseed_batches(self, round_index: int) -> None:
-        state = self.task.batches.state_dict()
+        batches = self.loop.task.batches
+        state = batches.state_dict()
         generator = torch.Generator()
         generator.manual_seed(self.config.seed * 7919 + self.ctx.rank + 1_000_003 * (round_index + 1))
         state["generator_state"] = generator.get_state()
         if "position" in state:
             state["position"] = 0
-        self.task.batches.load_state_dict(state)
+        batches.load_state_dict(state)
 
-    # ------------------------------------------------------------------------------ join and resume
-    def maybe_resume(self) -> None:
-        """Resumes from this directory's elastic checkpoint (if any), then joins a quorum and heals."""
+    # ------------------------------------------------------------------------------ the loop's hooks
+    def join_quorum(self, loop: TrainingLoop) -> None:
+        """The resume hook: this directory's elastic checkpoint (if any), then a quorum to join and heal."""
         self._resume_from_checkpoint()
         zeros = {
-            name: torch.zeros_like(p, dtype=torch.float32) for name, p in self.algorithm.named_params.items()
+            name: torch.zeros_like(p, dtype=torch.float32) for name, p in self.diloco.named_params.items()
         }
         decision, averaged = self.reducer.synchronise(zeros, 0.0, pending=False)
         round_index = decision.round
         if averaged is not None:
             self.diloco.outer.step(averaged)  # the members' outer step of this boundary, applied here too
             round_index += 1
-        self.algorithm.round, self.algorithm.inner_step = round_index, decision.step
+        self.diloco.round, self.diloco.inner_step = round_index, decision.step
         self.diloco.steps_in_round = 0
         self._set_step(decision.step)
         self.diloco.load_global_into_model()
-        self.emit(
+        loop.emit(
             {
                 "kind": "join",
                 "round": round_index,
-                "step": self.step,
+                "step": loop.step,
                 "quorum_id": decision.quorum_id,
                 "members": list(decision.members),
                 "healed": self.ctx.rank in decision.healers,
@@ -169,32 +214,41 @@ class ElasticLoop(TrainingLoop):
         round_index, directory = found
         state = load_worker_state(directory, 0)
         self.diloco.outer.load_state_dict(state["outer"])
-        self.algorithm.round = int(state["round"])
-        self.algorithm.inner_step = int(state["step"])
+        self.diloco.round = int(state["round"])
+        self.diloco.inner_step = int(state["step"])
         self._set_step(int(state["step"]))
         self.diloco.load_global_into_model()
-        self.emit(
-            {"kind": "resume", "round": round_index, "step": self.step, "num_workers": self.ctx.world_size}
+        self.loop.emit(
+            {
+                "kind": "resume",
+                "round": round_index,
+                "step": self.loop.step,
+                "num_workers": self.ctx.world_size,
+            }
         )
 
-    def maybe_checkpoint(self) -> None:
+    def checkpoint(self, loop: TrainingLoop) -> None:
+        """The checkpoint hook: the quorum's source writes the global state, identical on every member."""
         every = self.config.checkpoint.every_rounds
         decision = self.reducer.decision
-        if not every or self.ctx.out_dir is None or self.algorithm.round % every != 0:
+        if not every or self.ctx.out_dir is None or self.diloco.round % every != 0:
             return
         if decision is None or decision.source != self.ctx.rank:
             return  # one copy is enough: every member holds the same global state
         root = self.ctx.out_dir / "elastic"
-        state = {"outer": self.diloco.outer.state_dict(), "round": self.algorithm.round, "step": self.step}
-        save_worker_state(root, self.algorithm.round, 0, state)
+        state = {"outer": self.diloco.outer.state_dict(), "round": self.diloco.round, "step": loop.step}
+        save_worker_state(root, self.diloco.round, 0, state)
         prune(root, self.config.checkpoint.keep)
 
-    def emit(self, record: dict[str, Any]) -> None:
+    def decorate(self, record: dict[str, Any]) -> None:
+        """Round records carry the quorum's id and size, rounds lost and collective retries."""
         if record.get("kind") == "round":
             record.update(self.reducer.metrics())
-        super().emit(record)
 
-    def elastic_result(self) -> dict[str, Any]:
+    def finish(self, loop: TrainingLoop, result: WorkerResult) -> ElasticWorkerResult:
+        return ElasticWorkerResult(**vars(result), elastic=self.elastic_figures())
+
+    def elastic_figures(self) -> dict[str, Any]:
         return {
             "slot": self.ctx.rank,
             "incarnation": self.client.incarnation,
@@ -203,6 +257,16 @@ class ElasticLoop(TrainingLoop):
             "collective_retries": self.reducer.retries,
             "heal_times_s": self.reducer.heal_times,
         }
+
+    # ------------------------------------------------------------------------------------ the end
+    def is_final_source(self) -> bool:
+        """Whether this worker is the source of the last committed quorum (it writes the run's summary)."""
+        decision = self.reducer.decision
+        return decision is None or decision.source == self.ctx.rank
+
+    def final_members(self) -> list[int]:
+        decision = self.reducer.decision
+        return list(decision.members) if decision is not None else [self.ctx.rank]
 
 
 def _slot_from_environment() -> int | None:
@@ -214,6 +278,26 @@ def _slot_from_environment() -> int | None:
     return int(text)
 
 
+def _finish_run(config: RunConfig, member: ElasticMember, result: WorkerResult, out_dir: Path | None) -> None:
+    """Publishes this worker's result; the final quorum's source also writes the run's ``summary.json``.
+
+    The source waits for the other members' results before it leaves, so a standalone coordinator (which
+    exits once every worker has left) keeps its store up until the summary is written.
+    """
+    payload = vars(result)
+    client = member.client
+    assert client.slot is not None
+    publish_elastic_result(client.store, client.slot, payload)
+    if out_dir is not None:
+        (out_dir / f"result.worker{client.slot}.json").write_text(json.dumps(payload) + "\n")
+    if out_dir is None or not member.is_final_source():
+        return
+    others = [slot for slot in member.final_members() if slot != client.slot]
+    timeout_s = max(config.elastic.failure_timeout_s, config.elastic.collective_timeout_s)
+    results = [payload, *collect_results(client.store, others, timeout_s)]
+    write_elastic_summary(config, out_dir, results, read_worker_records(out_dir))
+
+
 def join(
     config: RunConfig, coordinator: str, token_file: str | Path | None = None, out_dir: Path | None = None
 ) -> int:
@@ -222,11 +306,11 @@ def join(
     host, port = parse_address(coordinator)
     token = read_token(token_file)
     torch.set_num_threads(max(1, int(os.environ.get("FARSYNC_THREADS", "1"))))
-    holder: dict[str, Any] = {}
+    holder: dict[str, ElasticMember] = {}
 
     def progress() -> tuple[int, int]:
-        loop = holder.get("loop")
-        return (loop.algorithm.round, loop.step) if loop is not None else (-1, -1)
+        member = holder.get("member")
+        return (member.loop.algorithm.round, member.loop.step) if member is not None else (-1, -1)
 
     client = CoordinatorClient(
         host,
@@ -265,9 +349,9 @@ def join(
         client.slot, config.num_workers, client.store, out_dir, sink, reducer_wrappers=wrappers
     )
     try:
-        loop = ElasticLoop(config, ctx, client)
-        holder["loop"] = loop
-        result = loop.run()
+        member = ElasticMember(config, ctx, client)
+        holder["member"] = member
+        result = member.loop.run()
     except RunFinished:
         print(
             f"farsync worker {client.slot}: the run finished before this worker could join", file=sys.stderr
@@ -283,10 +367,8 @@ def join(
     finally:
         if metrics_file is not None:
             metrics_file.close()
+    _finish_run(config, member, result, out_dir)
     client.leave(finished=True)
-    if out_dir is not None:
-        payload = {**vars(result), "elastic": loop.elastic_result()}
-        (out_dir / f"result.worker{client.slot}.json").write_text(json.dumps(payload) + "\n")
     print(
         f"farsync worker {client.slot}: finished at round {result.num_rounds}, eval loss "
         f"{result.final_eval.get('eval_loss', float('nan')):.4f}, global sha {result.global_params_sha256[:12]}",

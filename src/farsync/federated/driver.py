@@ -23,6 +23,14 @@ McMahan et al.). ``federated.num_rounds`` rounds are run; the global model is ev
 ``train.eval_every`` rounds and at the end. Measurement traffic (the mean training loss) goes through a
 communicator without a ledger or link, so it costs no bytes or emulated time.
 
+Why not :class:`farsync.train.TrainingLoop`: the loop's unit is one inner step of one model through an
+optimizer whose hooks run the algorithm; here the unit is a round of many clients, each trained from the
+global weights with its own SGD, and the round itself is the synchronisation (no optimizer hooks, no
+algorithm object, no inner schedule). So the driver composes the loop's shared pieces as functions instead:
+:func:`~farsync.train.sync_communicator` (the group, link and ledger), :meth:`~farsync.train.WorkerContext.emit`
+(records), :func:`~farsync.train.worker_result` (the result's communication figures) and
+:func:`~farsync.train.publish_result`.
+
 Failure: a collective error propagates and ends the worker; resuming from checkpoints is not supported in
 this mode yet (``resume`` starts over, with a warning).
 """
@@ -30,7 +38,6 @@ this mode yet (``resume`` starts over, with a warning).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import Any
@@ -41,15 +48,14 @@ import torch
 from farsync.algorithms.base import params_sha256
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
-from farsync.comm.groups import make_group
 from farsync.comm.ledger import ByteLedger
 from farsync.config import PrivacyConfig, RunConfig
 from farsync.data import load_digits_split, load_npz
 from farsync.federated.clients import Client, build_clients, evaluate_classifier, train_clients
 from farsync.federated.sampling import clients_of_worker, sample_clients, weighted_partial_sum
 from farsync.reducers.base import Reducer
-from farsync.train import WorkerContext, WorkerResult
-from farsync.train.build import build_reducer, link_for_group
+from farsync.train import WorkerContext, WorkerResult, publish_result, sync_communicator, worker_result
+from farsync.train.build import build_reducer
 from farsync.train.task import MODEL_INIT_LOCK, build_model
 
 __all__ = ["FederatedDriver", "run_federated_worker"]
@@ -69,23 +75,8 @@ class FederatedDriver:
             logger.warning("worker %d: federated runs cannot resume yet; starting from round 0", ctx.rank)
         self.clock = Clock(config.network.emulation)
         self.ledger = ByteLedger(rank=ctx.rank)
-        group = make_group(
-            ctx.store,
-            f"{ctx.group_prefix}/sync",
-            ctx.rank,
-            ctx.world_size,
-            device=ctx.device,
-            timeout_s=config.elastic.collective_timeout_s,
-        )
-        self.comm = Communicator(
-            group,
-            ctx.rank,
-            ctx.world_size,
-            ledger=self.ledger,
-            clock=self.clock,
-            link=link_for_group(config.network, list(range(ctx.world_size))),
-        )
-        self.probe = Communicator(group, ctx.rank, ctx.world_size)
+        self.comm = sync_communicator(config, ctx, self.ledger, self.clock)
+        self.probe = Communicator(self.comm.group, ctx.rank, ctx.world_size)
         # Privacy is applied per client below, so the reducer itself must not clip or add noise again.
         self.reducer: Reducer = build_reducer(
             dataclasses.replace(config, privacy=PrivacyConfig()), self.comm, ctx.reducer_wrappers
@@ -153,7 +144,7 @@ class FederatedDriver:
             mine,
             self.federated,
             lr=self.config.train.lr,
-            num_steps_if_no_epochs=self.config.algorithm.num_inner_steps,
+            num_steps_if_no_epochs=self.federated.local_steps,
             seed=self.config.seed,
             round_index=self.round,
         )
@@ -215,10 +206,6 @@ class FederatedDriver:
         self.last_eval = evaluate_classifier(self.model, self.test_x, self.test_y)
         return self.last_eval
 
-    def emit(self, record: dict[str, Any]) -> None:
-        record.setdefault("worker", self.ctx.rank)
-        self.ctx.sink(record)
-
     def run(self) -> WorkerResult:
         num_rounds = self.federated.num_rounds
         last: dict[str, Any] = {}
@@ -230,7 +217,7 @@ class FederatedDriver:
                 "tokens": self.examples,
                 "bytes_sent": self.ledger.bytes_sent(),
             }
-            self.emit(
+            self.ctx.emit(
                 {
                     "kind": "step",
                     "loss": last["train_loss"],
@@ -240,8 +227,8 @@ class FederatedDriver:
                 }
             )
             if self.round % self.config.train.eval_every == 0 or self.round == num_rounds:
-                self.emit({"kind": "eval", **common, **self.evaluate()})
-            self.emit(
+                self.ctx.emit({"kind": "eval", **common, **self.evaluate()})
+            self.ctx.emit(
                 {
                     "kind": "round",
                     **common,
@@ -261,19 +248,16 @@ class FederatedDriver:
 
     def result(self, extra: dict[str, Any]) -> WorkerResult:
         wall = self.clock.now()
-        return WorkerResult(
-            rank=self.ctx.rank,
+        return worker_result(
+            self.ctx,
+            self.ledger,
             num_steps=self.round,
             num_rounds=self.round,
             tokens=self.examples,
-            bytes_sent=self.ledger.bytes_sent(),
-            peak_sync_bytes=self.ledger.peak_sync_bytes,
             wall_s=wall,
             compute_s=self.compute_s,
-            comm_wait_s=self.ledger.blocked_s(),
             global_params_sha256=params_sha256(list(self.global_params.values())),
             final_eval=self.last_eval or self.evaluate(),
-            ledger=self.ledger.to_dict(),
             num_params=sum(p.numel() for p in self.model.parameters()),
             extra=extra,
         )
@@ -286,5 +270,5 @@ def run_federated_worker(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
     logger.info(
         "worker %d: %d federated rounds in %.1fs", ctx.rank, result.num_rounds, time.perf_counter() - started
     )
-    ctx.store.set(f"{ctx.group_prefix}/final/{ctx.rank}", json.dumps(vars(result)))
+    publish_result(ctx, result)
     return result

@@ -20,8 +20,11 @@ pipeline group shares it with the other stages together with the squared gradien
 clipping uses the replica's global norm (as ``clip_grad_norm_`` on the whole model would). Evaluation runs
 the global weights forward through the pipeline and shares the last stage's sums the same way.
 
-Checkpoints: each rank saves its own stage's state under its global rank (:mod:`farsync.train.checkpoint`); a
-checkpoint is usable only when every stage of every replica wrote it, and resume works as in the core loop.
+The stage process is the core loop (:class:`farsync.train.TrainingLoop`) composed of a
+:class:`PipelineStage`'s parts: the stage's task and model, its sync communicator, the pipelined step and
+evaluation, record decoration (replica, stage, activation bytes) and the per-stage result. Rounds,
+checkpoints, resume and metrics are the core's: each rank saves its own stage's state under its global rank
+(:mod:`farsync.train.checkpoint`); a checkpoint is usable only when every stage of every replica wrote it.
 
 Failure: a non-finite pseudo-gradient drops only that stage's update for the round (weight 0 in its sync
 group); a dead peer fails the next receive or collective and ends the worker.
@@ -38,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from farsync.algorithms.base import Algorithm
 from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.ledger import ByteLedger
@@ -47,11 +49,11 @@ from farsync.models import GPT, GPTStage, gpt_stage
 from farsync.parallel.mesh import Mesh, build_mesh_groups, intra_link
 from farsync.parallel.pipeline import PipelineRunner
 from farsync.report.pipeline import stage_memory
-from farsync.train import TrainingLoop, WorkerContext, WorkerResult, lr_lambda, publish_result
-from farsync.train.build import build_algorithm, build_reducer, link_for_group
+from farsync.train import LoopParts, TrainingLoop, WorkerContext, WorkerResult, run_training
+from farsync.train.build import link_for_group
 from farsync.train.task import MODEL_INIT_LOCK, Task, build_task
 
-__all__ = ["PipelinedWorkerResult", "run_pipelined_worker"]
+__all__ = ["PipelineStage", "PipelinedWorkerResult", "run_pipelined_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,38 +83,26 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-class _PipelinedLoop(TrainingLoop):
-    """The core loop (:class:`farsync.train.TrainingLoop`) with a stage module, two communicators and a pipelined
-    inner step; rounds, checkpoints, resume and metrics are the core's."""
+class PipelineStage:
+    """What makes a worker a pipeline stage: its place in the grid, its slice of the model, two
+    communicators over one ledger and clock, and the schedule runner; :meth:`parts` hands them to the loop.
+
+    Raises:
+        ConfigError: ``model.kind`` is not ``gpt`` (only the GPT splits into stages).
+    """
 
     def __init__(self, config: RunConfig, ctx: WorkerContext) -> None:
-        # Sets the same attributes as the core loop's __init__, which its run/checkpoint methods rely on.
-        self.config, self.ctx = config, ctx
         if config.model.kind != "gpt":
             raise ConfigError(
                 "parallel.num_stages", config.parallel.num_stages, "pipeline stages need model.kind = 'gpt'"
             )
+        self.config, self.ctx = config, ctx
         self.mesh = Mesh.for_world(ctx.world_size, config.parallel.num_stages)
         self.replica, self.stage = self.mesh.coordinate(ctx.rank)
         self.clock = Clock(config.network.emulation)
         self.ledger = ByteLedger(rank=ctx.rank)
         self.task, self.model = self._build_stage()
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=config.train.lr,
-            betas=(0.9, 0.95),
-            weight_decay=config.train.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.train))
-        self.pipe_comm, self.comm = self._build_communicators()
-        self.algorithm: Algorithm = build_algorithm(
-            config,
-            self.model,
-            self.optimizer,
-            self.comm,
-            build_reducer(config, self.comm, ctx.reducer_wrappers),
-            self.task,
-        )
+        self.pipe_comm, self.sync_comm = self._build_communicators()
         self.pipeline = PipelineRunner(
             self.model,
             self.pipe_comm,
@@ -120,11 +110,19 @@ class _PipelinedLoop(TrainingLoop):
             num_microbatches=config.parallel.num_microbatches,
             hidden_width=config.model.width,
         )
-        self.step = 0
-        self.compute_s = 0.0
-        self.train_s = 0.0
-        self.round_losses: list[float] = []
-        self.last_eval: dict[str, float] = {}
+
+    def parts(self) -> LoopParts:
+        """The loop's parts: the algorithm runs per stage, over the stage's sync group."""
+        return LoopParts(
+            task=self.task,
+            clock=self.clock,
+            ledger=self.ledger,
+            comm=self.sync_comm,
+            step=self.step,
+            evaluate=self.evaluate,
+            decorate=self.decorate,
+            finish=self.finish,
+        )
 
     def _build_stage(self) -> tuple[Task, GPTStage]:
         """The replica's task (data shard ``replica`` of R) and this stage's slice of the model."""
@@ -181,22 +179,20 @@ class _PipelinedLoop(TrainingLoop):
         return pipeline, sync
 
     # ------------------------------------------------------------------------------------- metrics
-    def emit(self, record: dict[str, Any]) -> None:
-        # Step and round records carry the slow-link bytes (comparable with unpipelined runs) and, apart,
-        # the activation bytes of the fast link inside the replica.
+    def decorate(self, record: dict[str, Any]) -> None:
+        """Records with bytes carry the slow-link bytes (comparable with unpipelined runs) and, apart, the
+        activation bytes of the fast link inside the replica; every record names its replica and stage."""
         if "bytes_sent" in record:
             record["bytes_sent"] = self.ledger.bytes_sent(SYNC)
             record["activation_bytes"] = self.ledger.bytes_sent(ACTIVATIONS)
         record.update(replica=self.replica, stage=self.stage)
-        super().emit(record)
 
     # ------------------------------------------------------------------------------------ the step
-    def inner_step(self) -> float:
-        x, y = next(self.task.batches)
-        x, y = x.to(self.ctx.device), y.to(self.ctx.device)
-        begin, blocked = self.clock.now(), self.ledger.blocked_s()
+    def step(self, loop: TrainingLoop, inputs: Tensor, targets: Tensor) -> float:
+        """Every microbatch through the schedule, the replica's loss and gradient norm shared by all stages,
+        clipping by that global norm, then the optimizer step (and the algorithm's hooks inside it)."""
         self.model.train()
-        loss = self.pipeline.train_step(x, y, _cross_entropy)
+        loss = self.pipeline.train_step(inputs, targets, _cross_entropy)
         local_square_norm = sum(
             float(torch.linalg.vector_norm(p.grad.detach().float())) ** 2
             for p in self.model.parameters()
@@ -205,13 +201,7 @@ class _PipelinedLoop(TrainingLoop):
         loss, square_norm = self.pipeline.sum_across_stages([loss, local_square_norm])
         if self.config.train.grad_clip > 0:
             self._clip(square_norm**0.5)
-        self.optimizer.step()  # the algorithm's hooks run inside this call
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        elapsed = self.clock.now() - begin
-        self.train_s += elapsed
-        self.compute_s += elapsed - (self.ledger.blocked_s() - blocked)
-        self.step += 1
+        loop.optimizer.step()  # the algorithm's hooks run inside this call
         return loss
 
     def _clip(self, total_norm: float) -> None:
@@ -222,7 +212,8 @@ class _PipelinedLoop(TrainingLoop):
                 if param.grad is not None:
                     param.grad.detach().mul_(coefficient)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, loop: TrainingLoop) -> dict[str, float]:
+        """The global weights forward through the pipeline; the last stage's sums shared with every stage."""
         sums = [0.0, 0.0, 0.0]  # summed loss, items, correct predictions
 
         def consume(logits: Tensor, y: Tensor) -> None:
@@ -231,30 +222,19 @@ class _PipelinedLoop(TrainingLoop):
             sums[1] += y.numel()
             sums[2] += int((flat.argmax(-1) == y.reshape(-1)).sum())
 
-        with self.algorithm.evaluating() as model:
+        with loop.algorithm.evaluating() as model:
             was_training = model.training
             model.eval()
             self.pipeline.forward_only(self.task.eval_data, consume)
             model.train(was_training)
         total_loss, items, _ = self.pipeline.sum_across_stages(sums)
         eval_loss = total_loss / max(items, 1.0)
-        self.last_eval = {"eval_loss": eval_loss if math.isfinite(eval_loss) else float("inf")}
-        self.emit(
-            {
-                "kind": "eval",
-                "step": self.step,
-                "round": self.algorithm.round,
-                "tokens": self.tokens(),
-                "bytes_sent": 0,
-                **self.last_eval,
-            }
-        )
-        return self.last_eval
+        return {"eval_loss": eval_loss if math.isfinite(eval_loss) else float("inf")}
 
-    def result(self, final: dict[str, float]) -> PipelinedWorkerResult:
-        core = vars(super().result(final))
+    def finish(self, loop: TrainingLoop, result: WorkerResult) -> PipelinedWorkerResult:
+        """The loop's result with the slow-link bytes and this stage's place, traffic and memory."""
+        core = vars(result)
         core["bytes_sent"] = self.ledger.bytes_sent(SYNC)
-        stage_num_params = sum(p.numel() for p in self.model.parameters())
         return PipelinedWorkerResult(
             **core,
             replica=self.replica,
@@ -265,15 +245,12 @@ class _PipelinedLoop(TrainingLoop):
             schedule=self.config.parallel.schedule,
             activation_bytes=self.ledger.bytes_sent(ACTIVATIONS),
             intra_bandwidth_bps=self.pipe_comm.link.bandwidth_bps if self.pipe_comm.link else 0.0,
-            stage_num_params=stage_num_params,
+            stage_num_params=sum(p.numel() for p in self.model.parameters()),
             model_num_params=self.model_num_params,
-            stage_memory=stage_memory(self.model, self.optimizer, self.algorithm.state_dict()),
+            stage_memory=stage_memory(self.model, loop.optimizer, loop.algorithm.state_dict()),
         )
 
 
 def run_pipelined_worker(config: RunConfig, ctx: WorkerContext) -> WorkerResult:
     """Trains one stage of one replica to the end; publishes its result under ``final/<rank>``."""
-    loop = _PipelinedLoop(config, ctx)
-    result = loop.run()
-    publish_result(ctx, result)
-    return result
+    return run_training(config, ctx, PipelineStage(config, ctx).parts())

@@ -1,0 +1,118 @@
+"""An elastic run's ``summary.json``: the ``farsync train`` contract, written by the final quorum's source.
+
+At the end of a run every worker that finished puts its result in the coordinator's store under
+``result/<slot>`` (JSON of :class:`~farsync.elastic.worker.ElasticWorkerResult`). The worker that is the
+source of the last committed quorum collects the results of that quorum's members (waiting for each at most
+``max(elastic.failure_timeout_s, elastic.collective_timeout_s)``; a member that died after the last boundary
+is left out and named in a warning) and writes the run directory with
+:func:`farsync.report.summary.write_run_outputs`, as ``farsync train`` does, so every field of a plain run's
+summary means the same here (``num_workers`` counts the workers that finished). It adds the figures only an
+elastic run has, :data:`ELASTIC_FIGURES`; the local launcher (``farsync train --elastic``) adds
+:data:`LAUNCHER_FIGURES` from its coordinator and fault injector.
+
+``metrics.jsonl`` merges the per-worker record files (``metrics.worker<slot>.jsonl``) found in the source's
+output directory: all of them when the workers share one, as under the local launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from farsync.config import RunConfig
+from farsync.report.summary import write_run_outputs
+
+if TYPE_CHECKING:
+    from torch._C._distributed_c10d import Store
+
+__all__ = [
+    "ELASTIC_FIGURES",
+    "LAUNCHER_FIGURES",
+    "collect_results",
+    "publish_elastic_result",
+    "read_worker_records",
+    "write_elastic_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+ELASTIC_FIGURES = (
+    "rounds_lost_by_survivors",
+    "inner_steps_lost_by_survivors",
+    "collective_retries",
+    "healing_s",
+    "num_finished_workers",
+    "global_params_equal",
+)
+"""Summary fields an elastic run adds to the ``farsync train`` contract (from the workers' results)."""
+
+LAUNCHER_FIGURES = (
+    "num_quorum_changes",
+    "worker_failures",
+    "num_refused_joins",
+    "elastic_elapsed_s",
+    "num_kills",
+)
+"""Summary fields ``farsync train --elastic`` adds (from its coordinator and fault injector)."""
+
+_POLL_S = 0.05
+
+
+def _result_key(slot: int) -> str:
+    return f"result/{slot}"
+
+
+def publish_elastic_result(store: Store, slot: int, result: dict[str, Any]) -> None:
+    """Puts a finished worker's result (a dict with ``elastic`` figures) in the coordinator's store."""
+    store.set(_result_key(slot), json.dumps(result))
+
+
+def collect_results(store: Store, members: list[int], timeout_s: float) -> list[dict[str, Any]]:
+    """The results the ``members`` published, waiting at most ``timeout_s`` for all of them."""
+    deadline = time.monotonic() + timeout_s
+    found: dict[int, dict[str, Any]] = {}
+    while True:
+        try:
+            for slot in members:
+                if slot not in found and store.check([_result_key(slot)]):
+                    found[slot] = json.loads(store.get(_result_key(slot)))
+        except (RuntimeError, OSError, ValueError) as error:  # the coordinator went away: keep what we have
+            logger.warning("elastic summary: store unreachable while collecting results (%s)", error)
+            break
+        if len(found) == len(members) or time.monotonic() > deadline:
+            break
+        time.sleep(_POLL_S)
+    missing = sorted(set(members) - set(found))
+    if missing:
+        logger.warning("elastic summary: no result from worker(s) %s; summarising without them", missing)
+    return [found[slot] for slot in sorted(found)]
+
+
+def read_worker_records(out_dir: Path) -> list[dict[str, Any]]:
+    """Every record of the ``metrics.worker<slot>.jsonl`` files in ``out_dir``, slot by slot."""
+    records: list[dict[str, Any]] = []
+    for path in sorted(out_dir.glob("metrics.worker*.jsonl")):
+        records.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return records
+
+
+def write_elastic_summary(
+    config: RunConfig, out_dir: Path, results: list[dict[str, Any]], records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Writes ``config.toml``, ``metrics.jsonl``, ``report.png`` and ``summary.json`` (the ``farsync train``
+    contract plus :data:`ELASTIC_FIGURES`); returns the summary."""
+    summary = write_run_outputs(config, out_dir, results, records)
+    hashes = [r["global_params_sha256"] for r in results]
+    summary.update(
+        rounds_lost_by_survivors=sum(int(r["elastic"]["rounds_lost"]) for r in results),
+        inner_steps_lost_by_survivors=sum(int(r["elastic"]["inner_steps_lost"]) for r in results),
+        collective_retries=sum(int(r["elastic"]["collective_retries"]) for r in results),
+        healing_s=sorted(float(rec["healing_s"]) for rec in records if rec.get("kind") == "heal"),
+        num_finished_workers=len(results),
+        global_params_equal=len(set(hashes)) == 1,
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
