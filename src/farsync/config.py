@@ -326,8 +326,8 @@ class AggregationConfig:
     """Aggregation rule applied in every averaging step."""
     beta: float = 0.1
     """Trimmed mean: fraction trimmed from each end."""
-    f: int = 1
-    """Krum: number of Byzantine workers tolerated."""
+    f: int = -1
+    """Byzantine workers tolerated (Krum, NNM, the neighbors radius); -1: as many as the rule allows."""
     m: int = 1
     """Multi-Krum: number of selected updates averaged."""
     tau: float = 1.0
@@ -335,7 +335,15 @@ class AggregationConfig:
     num_iters: int = 20
     """CenteredClip: maximum iterations."""
     adaptive_tau: bool = True
-    """CenteredClip: tau is a multiple of the median distance of the shard updates to their median."""
+    """CenteredClip: tau is a multiple of a spread of the shard updates (tau_scale), not an absolute radius."""
+    tau_scale: Literal["median", "neighbors"] = "neighbors"
+    """CenteredClip with adaptive_tau: the spread tau multiplies: median distance to the coordinate-wise
+    median, or median distance to the (n - f)-th nearest update (attackers cannot inflate it)."""
+    preaggregation: Literal["none", "nnm", "bucketing"] = "none"
+    """Applied before the rule: nearest-neighbour mixing (Allouah et al. 2023) or bucketing (Karimireddy
+    et al. 2022)."""
+    bucket_size: int = 2
+    """Bucketing: updates averaged per bucket."""
     max_norm: float = 0.0
     """Reject updates whose L2 norm exceeds this (0 disables)."""
     max_strikes: int = 3
@@ -351,7 +359,8 @@ class AggregationConfig:
             self.outlier_ratio,
             "must be >= 0 (0 disables)",
         )
-        _check(self.f >= 0, "aggregation.f", self.f, "must be >= 0")
+        _check(self.f >= -1, "aggregation.f", self.f, "must be >= 0, or -1 (as many as the rule allows)")
+        _check(self.bucket_size >= 1, "aggregation.bucket_size", self.bucket_size, "must be >= 1")
         _check(self.m >= 1, "aggregation.m", self.m, "must be >= 1")
         _check(self.tau > 0, "aggregation.tau", self.tau, "must be > 0")
         _check(self.num_iters >= 1, "aggregation.num_iters", self.num_iters, "must be >= 1")
@@ -369,6 +378,8 @@ class ByzantineConfig:
     """Built-in attack name or 'package.module:function'."""
     scale: float = 1000.0
     """sign_flip multiplier / gaussian std / constant value."""
+    params: dict[str, int | float | str] = field(default_factory=dict)
+    """Keyword parameters of the attack factory, e.g. {eps = 0.1} (ipm), {z = 1.5} (alie); win over scale."""
 
     def validate(self, num_workers: int) -> None:
         for rank in self.workers:
@@ -628,7 +639,7 @@ class RunConfig:
             f"must be <= num_workers ({self.num_workers})",
         )
         for key, name in (("aggregation.f", "f"),):
-            if self.aggregation.rule in ("krum", "multi_krum"):
+            if self.aggregation.rule in ("krum", "multi_krum") and self.aggregation.f >= 0:
                 value = getattr(self.aggregation, name)
                 _check(
                     self.num_workers > 2 * value + 2,

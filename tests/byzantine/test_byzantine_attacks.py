@@ -121,7 +121,9 @@ def test_stale_with_short_history_sends_update() -> None:
 
 
 def test_load_attack_builds_builtins_by_name() -> None:
-    assert set(BUILTIN_ATTACKS) == {"sign_flip", "gaussian", "constant", "alie", LABEL_FLIP, "stale"}
+    assert set(BUILTIN_ATTACKS) == {
+        "sign_flip", "gaussian", "constant", "alie", LABEL_FLIP, "stale", "ipm", "mimic", "min_max", "min_sum"
+    }  # fmt: skip
     attack = load_attack("sign_flip", scale=2.0)
     torch.testing.assert_close(attack(torch.tensor([1.0]), make_context()), torch.tensor([-2.0]))
 

@@ -8,14 +8,17 @@ built-in attacks are in :mod:`farsync.sim.attacks`.
 Built-in parameters: ``byzantine.scale`` is sign flip's multiplier, the Gaussian's standard deviation and
 the constant's value; ALIE derives its shift from the number of workers and of attackers; ``stale`` replays
 the update from :data:`STALE_ROUNDS` rounds ago; ``label_flip`` sends its update unchanged (the worker's
-labels are flipped in the data, see :func:`farsync.train.task.build_task`). A plug-in factory receives
-``scale=byzantine.scale`` when it accepts a ``scale`` keyword, and no arguments otherwise.
+labels are flipped in the data, see :func:`farsync.train.task.build_task`). ``byzantine.params`` passes
+any factory keyword (``{eps = 0.1}`` for ``ipm``, ``{z = 1.5}`` for ``alie``, ``{perturbation = "unit"}`` for
+``min_max``/``min_sum``, ``{target = 2}`` for ``mimic``) and wins over the ``scale`` mapping. A plug-in
+factory receives ``scale=byzantine.scale`` when it accepts a ``scale`` keyword, and ``byzantine.params``.
 
-Collusion: ``ctx.honest_updates`` holds the honest updates of every Byzantine worker this round. They are
-obtained with an all-gather over the same process group on a separate :class:`Communicator` (channel
-``"simulation"``) with its own :class:`ByteLedger` and no emulated link, so the run's reported bytes and
-time are real traffic only; :attr:`AttackingReducer.simulation_ledger` holds what the simulation moved.
-Built-in attacks that never read ``ctx.honest_updates`` skip that gather and see only their own update.
+Collusion: ``ctx.honest_updates`` holds the honest updates of every Byzantine worker this round and
+``ctx.honest_peers`` those of the honest workers. They are obtained with an all-gather over the same
+process group on a separate :class:`Communicator` (channel ``"simulation"``) with its own
+:class:`ByteLedger` and no emulated link, so the run's reported bytes and time are real traffic only;
+:attr:`AttackingReducer.simulation_ledger` holds what the simulation moved. Built-in attacks that read
+neither skip that gather and see only their own update.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from farsync.comm.communicator import Communicator
 from farsync.comm.ledger import ByteLedger
 from farsync.config import ByzantineConfig, ConfigError, RunConfig
 from farsync.reducers.base import Reducer, flatten, unflatten
-from farsync.sim.attacks import LABEL_FLIP, Attack, AttackContext, alie_z, load_attack
+from farsync.sim.attacks import LABEL_FLIP, Attack, AttackContext, _resolve_factory, alie_z, load_attack
 
 __all__ = ["STALE_ROUNDS", "AttackingReducer", "build_attack", "build_attacking_reducer"]
 
@@ -48,19 +51,19 @@ _HISTORY = 16
 def build_attack(config: ByzantineConfig) -> Attack:
     """The configured attack with its parameters (see the module docstring)."""
     spec = config.attack
+    params: dict[str, object] = dict(config.params)
     if spec in _SCALED:
-        return load_attack(spec, **{_SCALED[spec]: config.scale})
-    if spec == "stale":
-        return load_attack(spec, k=STALE_ROUNDS)
-    if ":" in spec:
-        from farsync.sim.attacks import _resolve_factory
-
+        params.setdefault(_SCALED[spec], config.scale)
+    elif spec == "stale":
+        params.setdefault("k", STALE_ROUNDS)
+    elif ":" in spec:
         try:
             accepts_scale = "scale" in inspect.signature(_resolve_factory(spec)).parameters
         except (TypeError, ValueError):
             accepts_scale = False
-        return load_attack(spec, scale=config.scale) if accepts_scale else load_attack(spec)
-    return load_attack(spec)
+        if accepts_scale:
+            params.setdefault("scale", config.scale)
+    return load_attack(spec, **params)
 
 
 class AttackingReducer(Reducer):
@@ -102,7 +105,7 @@ class AttackingReducer(Reducer):
 
     def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
         honest = flatten(named)
-        colluders = self._colluders(honest)
+        colluders, peers = self._colluders(honest)
         sent = named
         if self.is_byzantine:
             ctx = AttackContext(
@@ -113,6 +116,7 @@ class AttackingReducer(Reducer):
                 honest_updates=colluders,
                 history=list(self.history),
                 generator=self.generator,
+                honest_peers=peers,
             )
             forged = self.attack(honest.clone(), ctx)
             self.history.append(honest.clone())
@@ -126,11 +130,14 @@ class AttackingReducer(Reducer):
             return unflatten(flatten(result), named)
         return result
 
-    def _colluders(self, honest: torch.Tensor) -> list[torch.Tensor]:
+    def _colluders(self, honest: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The Byzantine workers' honest updates and the honest workers' (empty without the gather)."""
         if not self.gather_colluders:
-            return [honest] if self.is_byzantine else []
+            return ([honest] if self.is_byzantine else []), []
         gathered = self.simulation.all_gather(honest).wait()
-        return [gathered[rank] for rank in self.byzantine]
+        colluders = [gathered[rank] for rank in self.byzantine]
+        peers = [gathered[rank] for rank in range(self.comm.world_size) if rank not in self.byzantine]
+        return colluders, peers
 
     def state_dict(self) -> dict[str, Any]:
         return {"round": self.round, "history": list(self.history), "inner": self.inner.state_dict()}
@@ -145,15 +152,25 @@ class AttackingReducer(Reducer):
 
 def build_attacking_reducer(config: RunConfig, comm: Communicator, inner: Reducer) -> Reducer:
     """Wraps ``inner`` so that the ranks in ``byzantine.workers`` attack (see the module docstring)."""
-    if config.byzantine.attack == "alie":
+    if config.byzantine.attack == "alie" and "z" not in config.byzantine.params:
         try:
             alie_z(config.num_workers, len(set(config.byzantine.workers)))
         except ValueError as error:
             raise ConfigError("byzantine.workers", config.byzantine.workers, f"alie: {error}") from None
     try:
-        attack = build_attack(config.byzantine)
+        _resolve_factory(config.byzantine.attack)
     except ValueError as error:
         raise ConfigError("byzantine.attack", config.byzantine.attack, str(error)) from None
+    try:
+        attack = build_attack(config.byzantine)
+    except ValueError as error:
+        # The factory exists, so what it refused is a parameter (a wrong name or an impossible value).
+        key, value = (
+            ("byzantine.params", config.byzantine.params)
+            if config.byzantine.params
+            else ("byzantine.attack", config.byzantine.attack)
+        )
+        raise ConfigError(key, value, str(error)) from None
     return AttackingReducer(
         comm,
         inner,

@@ -6,8 +6,9 @@ An attack replaces the update a Byzantine worker would honestly send. Its signat
 
 where ``update`` is the worker's honest flat fp32 update for this round and the result, of the same shape,
 is what the worker sends instead. ``ctx`` carries the round, the worker, the number of workers and of
-Byzantine workers, the honest updates of all colluding Byzantine workers this round, this worker's own
-past honest updates and a seeded ``torch.Generator`` for any randomness (so that runs are reproducible).
+Byzantine workers, the honest updates of all colluding Byzantine workers this round, the honest workers'
+updates (an omniscient attacker's knowledge, for attacks that copy them), this worker's own past honest
+updates and a seeded ``torch.Generator`` for any randomness (so that runs are reproducible).
 
 Attacks are built by factories that take the attack's parameters as keywords and return the attack
 function. :func:`load_attack` accepts the name of a built-in factory (see ``BUILTIN_ATTACKS``) or a plug-in
@@ -26,6 +27,22 @@ Built-ins:
 - ``label_flip()``: train on flipped labels (see :func:`flip_labels`, applied by the worker to its data);
   the update itself is sent unchanged.
 - ``stale(k)``: replay this worker's honest update from ``k`` rounds ago.
+- ``ipm(eps)``: inner-product manipulation (Xie, Koyejo and Gupta 2020, "Fall of Empires", UAI 2019,
+  arXiv 1903.03936): send ``-eps`` times the colluders' honest mean, a small vector whose inner product with
+  the true gradient is negative; with ``eps < 1`` it hides inside the honest spread.
+- ``mimic(target)``: every attacker copies one honest worker (Karimireddy, He and Jaggi 2022, "Byzantine-
+  Robust Learning on Heterogeneous Datasets via Bucketing", ICLR 2022, arXiv 2006.09365), giving that
+  worker's noise (or data skew) ``f + 1`` votes while every sent vector is a genuine honest update.
+- ``min_max(perturbation)`` and ``min_sum(perturbation)`` (Shejwalkar and Houmansadr 2021, "Manipulating
+  the Byzantine", NDSS 2021): send ``mean + gamma * p`` with the largest ``gamma`` whose distance to the
+  colluders' honest updates stays within what honest updates show: the largest distance to any of them
+  at most the largest pairwise honest distance (min-max), or the sum of squared distances at most the
+  largest such sum of an honest update (min-sum). ``p`` is ``-std`` (default), ``-unit`` mean or ``-sign``.
+
+The in-distribution attacks (ALIE, IPM, min-max, min-sum) estimate the honest statistics from the colluders'
+own honest updates (``ctx.honest_updates``): with i.i.d. data they are a sample of the honest
+distribution, and the attack needs no access to the honest workers. Mimic copies an honest worker and so
+needs ``ctx.honest_peers``.
 """
 
 from __future__ import annotations
@@ -36,7 +53,8 @@ import logging
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -52,8 +70,12 @@ __all__ = [
     "constant",
     "flip_labels",
     "gaussian",
+    "ipm",
     "label_flip",
     "load_attack",
+    "mimic",
+    "min_max",
+    "min_sum",
     "sign_flip",
     "stale",
 ]
@@ -82,6 +104,9 @@ class AttackContext:
     """This worker's own past honest updates, oldest first."""
     generator: torch.Generator
     """Seeded source of randomness for attacks that need one."""
+    honest_peers: list[torch.Tensor] = field(default_factory=list)
+    """Honest updates of the workers that do not attack, in rank order (what an omniscient attacker knows);
+    empty unless the simulation provides them (the attacking reducer does for attacks that need them)."""
 
 
 Attack = Callable[[torch.Tensor, AttackContext], torch.Tensor]
@@ -190,6 +215,124 @@ def stale(k: int = 1) -> Attack:
     return attack
 
 
+def _colluder_stack(name: str, update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+    """The colluders' honest updates as a float64 ``[k, d]`` stack (float64: the gamma search subtracts)."""
+    if not ctx.honest_updates:
+        raise ValueError(f"{name} needs ctx.honest_updates to hold at least one update, got none")
+    return torch.stack(ctx.honest_updates).to(dtype=torch.float64, device=update.device)
+
+
+def ipm(eps: float = 0.5) -> Attack:
+    """Send ``-eps`` times the colluders' honest mean (inner-product manipulation, Xie et al. 2020).
+
+    Small ``eps`` (0.1 to 0.5) keeps the forged vector close to the honest ones, inside most rules'
+    acceptance region, while every copy pulls the aggregate against the descent direction.
+    """
+    _check_finite("eps", eps)
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0 (the forged vector is -eps times the honest mean), got {eps!r}")
+
+    def attack(update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        colluders = _colluder_stack("ipm", update, ctx)
+        return (-eps * colluders.mean(dim=0)).to(update.dtype)
+
+    return attack
+
+
+def mimic(target: int = 0) -> Attack:
+    """Send a copy of the honest worker at index ``target`` of ``ctx.honest_peers`` (Karimireddy et al. 2022).
+
+    The paper picks the worker to copy from the honest updates' main direction over a warm-up period; a
+    fixed choice keeps the attack simple and reproducible, and with i.i.d. data every honest worker is an
+    equally good target. Every attacker copies the same worker, so it gets ``f + 1`` votes.
+    """
+    if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+        raise ValueError(f"target must be an integer >= 0 (index among the honest workers), got {target!r}")
+
+    def attack(update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        if not ctx.honest_peers:
+            raise ValueError("mimic needs ctx.honest_peers (the honest workers' updates), got none")
+        return ctx.honest_peers[target % len(ctx.honest_peers)].to(update.dtype).clone()
+
+    return attack
+
+
+Perturbation = Literal["std", "unit", "sign"]
+_PERTURBATIONS = ("std", "unit", "sign")
+
+
+def _direction(colluders: torch.Tensor, perturbation: str) -> torch.Tensor:
+    """Shejwalkar and Houmansadr's perturbation ``p``: away from the honest mean, coordinate-wise or not."""
+    mean = colluders.mean(dim=0)
+    if perturbation == "std":
+        return -colluders.std(dim=0, correction=0)
+    if perturbation == "sign":
+        return -torch.sign(mean)
+    norm = torch.linalg.vector_norm(mean)
+    return -mean / norm if float(norm) > 0 else torch.zeros_like(mean)
+
+
+def _check_perturbation(perturbation: str) -> None:
+    if perturbation not in _PERTURBATIONS:
+        raise ValueError(f"perturbation must be one of {', '.join(_PERTURBATIONS)}, got {perturbation!r}")
+
+
+def min_max(perturbation: Perturbation = "std") -> Attack:
+    """Send ``mean + gamma * p`` no farther from any colluder's honest update than honest updates are apart.
+
+    Shejwalkar and Houmansadr (2021), "min-max": the largest ``gamma >= 0`` with
+    ``max_i ||mean + gamma p - g_i|| <= max_{i,j} ||g_i - g_j||``. Each constraint is a quadratic in
+    ``gamma`` that holds at ``gamma = 0`` (the mean is inside the honest updates' hull), so the answer is the
+    smallest of their positive roots, computed exactly rather than by the paper's bisection.
+    """
+    _check_perturbation(perturbation)
+
+    def attack(update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        colluders = _colluder_stack("min_max", update, ctx)
+        mean = colluders.mean(dim=0)
+        direction = _direction(colluders, perturbation)
+        bound = float(torch.cdist(colluders, colluders).max())
+        gamma = _largest_gamma_max(mean - colluders, direction, bound)
+        return (mean + gamma * direction).to(update.dtype)
+
+    return attack
+
+
+def _largest_gamma_max(offsets: torch.Tensor, direction: torch.Tensor, bound: float) -> float:
+    """Largest ``gamma`` with ``||offsets_i + gamma * direction|| <= bound`` for every row ``i``."""
+    p_squared = float(direction.pow(2).sum())
+    if p_squared == 0.0:
+        return 0.0
+    along = offsets @ direction
+    # ||o||^2 <= bound^2 for every row (see min_max), so the discriminant is >= 0 up to rounding.
+    discriminant = (along.pow(2) - p_squared * (offsets.pow(2).sum(dim=1) - bound**2)).clamp(min=0.0)
+    roots = (-along + discriminant.sqrt()) / p_squared
+    return max(0.0, float(roots.min()))
+
+
+def min_sum(perturbation: Perturbation = "std") -> Attack:
+    """Send ``mean + gamma * p`` whose summed squared distance to the colluders' updates looks honest.
+
+    Shejwalkar and Houmansadr (2021), "min-sum": the largest ``gamma >= 0`` with
+    ``sum_i ||mean + gamma p - g_i||^2 <= max_i sum_j ||g_i - g_j||^2``. The cross term vanishes around the
+    mean, so ``gamma = sqrt((max_i sum_j ||g_i - g_j||^2 - sum_i ||mean - g_i||^2) / (k ||p||^2))``.
+    """
+    _check_perturbation(perturbation)
+
+    def attack(update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        colluders = _colluder_stack("min_sum", update, ctx)
+        count = colluders.shape[0]
+        mean = colluders.mean(dim=0)
+        direction = _direction(colluders, perturbation)
+        p_squared = float(direction.pow(2).sum())
+        bound = float(torch.cdist(colluders, colluders).pow(2).sum(dim=1).max())
+        spread = float((colluders - mean).pow(2).sum())
+        gamma = math.sqrt(max(bound - spread, 0.0) / (count * p_squared)) if p_squared > 0 else 0.0
+        return (mean + gamma * direction).to(update.dtype)
+
+    return attack
+
+
 BUILTIN_ATTACKS: dict[str, Callable[..., Attack]] = {
     "sign_flip": sign_flip,
     "gaussian": gaussian,
@@ -197,6 +340,10 @@ BUILTIN_ATTACKS: dict[str, Callable[..., Attack]] = {
     "alie": alie,
     LABEL_FLIP: label_flip,
     "stale": stale,
+    "ipm": ipm,
+    "mimic": mimic,
+    "min_max": min_max,
+    "min_sum": min_sum,
 }
 """Built-in attack factories by name."""
 
