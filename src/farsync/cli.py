@@ -1,4 +1,4 @@
-"""``farsync train | bench | report | coordinator | worker``: parses arguments and delegates.
+"""``farsync train | bench | report | export | coordinator | worker``: parses arguments and delegates.
 
 Configuration errors stop here, before anything starts or is written: one line naming the key, the value
 given and what is allowed, and exit code 2 (the launchers' checks are in :mod:`farsync.launch.preflight`).
@@ -105,6 +105,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from farsync.report.export import export_run
+
+    max_shard_size: str | int = (
+        int(args.max_shard_size) if args.max_shard_size.isdigit() else args.max_shard_size
+    )
+    written = export_run(args.run_dir, args.out, max_shard_size=max_shard_size, overwrite=args.overwrite)
+    print(f"exported {len(written)} files to {args.out}/ (AutoModelForCausalLM.from_pretrained loads it)")
+    return 0
+
+
 def _coordinator(args: argparse.Namespace) -> int:
     from farsync.elastic.coordinator import serve
     from farsync.launch.preflight import check_port
@@ -167,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+")
     report.add_argument("--plot", help="where to write the comparison plot")
     report.set_defaults(handler=_report)
+
+    export = commands.add_parser(
+        "export", help="write a Hugging Face model directory from a finished run's final global weights"
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--out", required=True, metavar="DIR", help="the model directory to write")
+    export.add_argument("--max-shard-size", default="2GB", help="largest safetensors file (e.g. 500MB)")
+    export.add_argument("--overwrite", action="store_true", help="replace a previous export in DIR")
+    export.set_defaults(handler=_export)
 
     coordinator = commands.add_parser("coordinator", help="host an elastic run's membership")
     coordinator.add_argument("--port", type=int, required=True)

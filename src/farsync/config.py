@@ -8,10 +8,12 @@ the value given and what is allowed. The CLI turns that into exit code 2 before 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -27,6 +29,7 @@ __all__ = [
     "ElasticConfig",
     "FederatedConfig",
     "GossipConfig",
+    "LoggingConfig",
     "ModelConfig",
     "NetworkConfig",
     "ParallelConfig",
@@ -35,6 +38,9 @@ __all__ = [
     "TrainConfig",
     "config_to_toml",
     "load_config",
+    "outer_recipe",
+    "format_bandwidth",
+    "format_duration",
     "parse_bandwidth",
     "parse_duration",
 ]
@@ -52,25 +58,72 @@ _BANDWIDTH_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
-def parse_bandwidth(text: str, key: str = "network.bandwidth") -> float:
-    """``"1Gbit"`` -> 1e9 bits per second. Units: bit, Kbit, Mbit, Gbit, Tbit (case-insensitive, optional ``/s``)."""
-    normalized = re.sub(r"bps\s*$", "bit", str(text))  # "100Mbps" -> "100Mbit"
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-zA-Z]+)(?:/s)?\s*", normalized)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _BANDWIDTH_UNITS:
-        raise ConfigError(key, text, "expected a rate such as '1Gbit', '100Mbit' or '500Kbit'")
-    value = float(match.group(1)) * _BANDWIDTH_UNITS[unit]
-    if value <= 0:
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float if it is a number (not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def parse_bandwidth(text: str | float, key: str = "network.bandwidth") -> float:
+    """A rate in bits per second: a number as is, or ``"1Gbit"`` -> 1e9.
+
+    Units: bit, Kbit, Mbit, Gbit, Tbit (case-insensitive, optional ``/s``; ``bps`` reads as ``bit``).
+    """
+    number = _number(text)
+    if number is None and not isinstance(text, str):
+        raise ConfigError(key, text, "expected a rate in bits/s or a string such as '1Gbit' or '100Mbit'")
+    if number is None:
+        normalized = re.sub(r"bps\s*$", "bit", str(text))  # "100Mbps" -> "100Mbit"
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-zA-Z]+)(?:/s)?\s*", normalized)
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in _BANDWIDTH_UNITS:
+            raise ConfigError(key, text, "expected a rate such as '1Gbit', '100Mbit' or '500Kbit'")
+        number = float(match.group(1)) * _BANDWIDTH_UNITS[unit]
+    if number <= 0:
         raise ConfigError(key, text, "bandwidth must be > 0")
-    return value
+    return number
 
 
-def parse_duration(text: str, key: str = "network.latency") -> float:
-    """``"50ms"`` -> 0.05 seconds. Units: us, ms, s."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)\s*", str(text))
-    if match is None:
+def parse_duration(text: str | float, key: str = "network.latency") -> float:
+    """A duration in seconds, >= 0: a number as is, or ``"50ms"`` -> 0.05. Units: us, ms, s."""
+    number = _number(text)
+    if number is None:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)\s*", text) if isinstance(text, str) else None
+        if match is None:
+            raise ConfigError(key, text, "expected a duration such as '50ms', '0s' or '200us', >= 0")
+        number = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if number < 0:
         raise ConfigError(key, text, "expected a duration such as '50ms', '0s' or '200us', >= 0")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    return number
+
+
+def format_bandwidth(bits_per_s: float) -> str:
+    """A rate for people: 2e7 -> ``"20Mbit"`` (what :func:`parse_bandwidth` reads back, to 4 digits)."""
+    for unit, scale in (("Tbit", 1e12), ("Gbit", 1e9), ("Mbit", 1e6), ("Kbit", 1e3)):
+        if bits_per_s >= scale:
+            return f"{bits_per_s / scale:.4g}{unit}"
+    return f"{bits_per_s:.4g}bit"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: 0.02 -> ``"20ms"``."""
+    if seconds >= 1 or seconds == 0:
+        return f"{seconds:.4g}s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.4g}ms"
+    return f"{seconds * 1e6:.4g}us"
+
+
+def _parse_table(parser: Callable[[Any, str], float]) -> Callable[[Any, str], dict[str, float]]:
+    """A parser of ``{worker: value}`` tables from a parser of one value (each value keyed by its worker)."""
+
+    def parse(table: Any, key: str) -> dict[str, float]:
+        _check(isinstance(table, dict), key, table, 'expected a table such as {"2" = "10Mbit"}')
+        return {str(rank): parser(value, f"{key}.{rank}") for rank, value in table.items()}
+
+    return parse
 
 
 def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -82,16 +135,27 @@ def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
 class ModelConfig:
     """Which model every worker trains."""
 
-    kind: Literal["gpt", "mlp", "cnn"] = "gpt"
-    """Byte-level GPT for text, MLP or CNN for classification."""
+    kind: Literal["gpt", "mlp", "cnn", "hf"] = "gpt"
+    """Byte-level GPT for text, MLP or CNN for classification, or a Hugging Face causal LM (``hf``)."""
     num_layers: int = 4
-    """Transformer blocks (GPT)."""
+    """Transformer blocks (GPT, hf)."""
     width: int = 128
-    """Embedding width (GPT) or first hidden width (MLP)."""
+    """Embedding width (GPT), hidden_size (hf) or first hidden width (MLP)."""
     num_heads: int = 4
-    """Attention heads (GPT); must divide width."""
+    """Attention heads (GPT, hf); must divide width."""
     context_length: int = 128
-    """Tokens per training window (GPT)."""
+    """Tokens per training window (GPT, hf)."""
+    architecture: Literal["llama", "qwen2", "mistral", "gpt2"] = "llama"
+    """kind = "hf": the transformers architecture built from the size keys (ignored with hf_path)."""
+    hf_path: str = ""
+    """kind = "hf": a local directory with config.json (and optionally safetensors weights to start from);
+    its config decides the size. Empty: build ``architecture`` from the size keys. Never downloaded."""
+    num_kv_heads: int = 0
+    """kind = "hf": key/value heads for grouped-query attention (0 = num_heads); must divide num_heads."""
+    intermediate_size: int = 0
+    """kind = "hf": feed-forward width (0 = the architecture's default for width)."""
+    tie_embeddings: bool = False
+    """kind = "hf": share the input embedding and the output projection."""
 
     def validate(self, prefix: str = "model") -> None:
         _check(self.num_layers >= 1, f"{prefix}.num_layers", self.num_layers, "must be >= 1")
@@ -104,16 +168,81 @@ class ModelConfig:
             f"must divide model.width ({self.width})",
         )
         _check(self.context_length >= 2, f"{prefix}.context_length", self.context_length, "must be >= 2")
+        self._validate_hf(prefix)
+
+    def _validate_hf(self, prefix: str) -> None:
+        hf_only = {"hf_path": "", "num_kv_heads": 0, "intermediate_size": 0, "tie_embeddings": False}
+        if self.kind != "hf":
+            for key, default in hf_only.items():
+                value = getattr(self, key)
+                _check(value == default, f"{prefix}.{key}", value, "used only with model.kind = 'hf'")
+            return
+        _check(self.num_kv_heads >= 0, f"{prefix}.num_kv_heads", self.num_kv_heads, "must be >= 0")
+        kv_heads = self.num_kv_heads or self.num_heads
+        _check(
+            self.num_heads % kv_heads == 0,
+            f"{prefix}.num_kv_heads",
+            self.num_kv_heads,
+            f"must divide model.num_heads ({self.num_heads}); 0 = num_heads",
+        )
+        _check(
+            self.architecture != "gpt2" or kv_heads == self.num_heads,
+            f"{prefix}.num_kv_heads",
+            self.num_kv_heads,
+            "gpt2 has no grouped-query attention: use 0 (= num_heads)",
+        )
+        _check(
+            self.intermediate_size >= 0, f"{prefix}.intermediate_size", self.intermediate_size, "must be >= 0"
+        )
+        if self.hf_path:
+            directory = Path(self.hf_path).expanduser()
+            _check(
+                directory.is_dir(),
+                f"{prefix}.hf_path",
+                self.hf_path,
+                "no such local directory; expected a Hugging Face model directory holding config.json "
+                "(hub names are never downloaded)",
+            )
+            _check(
+                (directory / "config.json").is_file(),
+                f"{prefix}.hf_path",
+                self.hf_path,
+                "the directory holds no config.json; expected a Hugging Face model directory",
+            )
+
+    def hf_size(self) -> dict[str, Any]:
+        """The size keys of :func:`farsync.models.hf.build_hf_model` for ``kind = "hf"`` without hf_path."""
+        size: dict[str, Any] = {
+            "hidden_size": self.width,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads or self.num_heads,
+            "tie_embeddings": self.tie_embeddings,
+        }
+        if self.intermediate_size:
+            size["intermediate_size"] = self.intermediate_size
+        return size
 
 
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the training data comes from and how it is split across workers."""
 
-    kind: Literal["text", "digits", "npz"] = "text"
-    """text: byte-level corpus; digits: scikit-learn's digits; npz: arrays x and y at data.path."""
+    kind: Literal["text", "local", "digits", "npz"] = "text"
+    """text: a text corpus (data.path or the embedded stdlib sources); local: text, JSONL or Parquet files
+    at data.path read with ``datasets``; digits: scikit-learn's digits; npz: arrays x and y at data.path."""
     path: str = ""
-    """Text file or directory (kind=text) or .npz file (kind=npz); empty = the embedded stdlib corpus."""
+    """Text file or directory (kind=text), a file, directory or glob (kind=local) or .npz file (kind=npz);
+    empty = the embedded stdlib corpus (kind=text)."""
+    tokenizer: str = "bytes"
+    """Text data: "bytes" (a token per byte), "bpe" (byte-level BPE trained on the run's training text with
+    data.vocab_size ids, cached and reused) or the path of a local tokenizer.json (or a directory holding one)."""
+    vocab_size: int = 4096
+    """tokenizer = "bpe": ids in the trained vocabulary (>= 257: 256 bytes and the end-of-text token)."""
+    format: Literal["auto", "text", "json", "parquet"] = "auto"
+    """kind = "local": file format (auto: from the suffixes; text files are one document each)."""
+    text_field: str = "text"
+    """kind = "local": the JSONL field or Parquet column that holds the text."""
     partition: Literal["iid", "dirichlet", "pathological"] = "iid"
     """How the training set is split across workers (or federated clients)."""
     alpha: float = 0.5
@@ -129,8 +258,40 @@ class DataConfig:
         _check(0 < self.val_percent < 50, "data.val_percent", self.val_percent, "must be in 1..49")
         if self.kind == "npz":
             _check(bool(self.path), "data.path", self.path, "data.kind = 'npz' needs the path of a .npz file")
-        if self.path and not Path(self.path).exists():
+        if self.kind == "local":
+            _check(
+                bool(self.path),
+                "data.path",
+                self.path,
+                "data.kind = 'local' needs a local file, directory or glob of text, JSONL or Parquet files",
+            )
+        is_glob = self.kind == "local" and any(char in self.path for char in "*?[")
+        if self.path and not is_glob and not Path(self.path).expanduser().exists():
             raise ConfigError("data.path", self.path, "no such file or directory")
+        self._validate_tokenizer()
+
+    def _validate_tokenizer(self) -> None:
+        text = self.kind in ("text", "local")
+        _check(
+            text or self.tokenizer == "bytes",
+            "data.tokenizer",
+            self.tokenizer,
+            f"a tokenizer is for text data; data.kind = {self.kind!r} allows only 'bytes'",
+        )
+        _check(
+            self.vocab_size >= 257,
+            "data.vocab_size",
+            self.vocab_size,
+            "must be >= 257 (256 bytes + end-of-text)",
+        )
+        if self.tokenizer not in ("bytes", "bpe"):
+            _check(
+                Path(self.tokenizer).expanduser().exists(),
+                "data.tokenizer",
+                self.tokenizer,
+                "no such file or directory; allowed: 'bytes', 'bpe' or the path of a local tokenizer.json "
+                "(or a directory holding one)",
+            )
         if self.partition == "pathological" and self.kind == "text":
             raise ConfigError("data.partition", self.partition, "text data allows 'iid' or 'dirichlet'")
 
@@ -157,6 +318,13 @@ class TrainConfig:
     """Evaluate the global model every this many inner steps (and at the end)."""
     num_eval_batches: int = 8
     """Batches in one evaluation."""
+    report_every: int = 50
+    """ddp and gossip, which have no outer round: inner steps between round records (and checkpoint
+    boundaries, and gossip's consensus measurement). The DiLoCo family and fedavg report once per outer
+    round, every algorithm.num_inner_steps steps, and reject any other value here."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32, or bf16: forward and backward in bfloat16 (autocast; FSDP2's param_dtype when sharded) over
+    fp32 master weights; the inner optimizer, the outer state and the pseudo-gradients stay fp32."""
 
     def validate(self) -> None:
         _check(self.num_steps >= 1, "train.num_steps", self.num_steps, "must be >= 1")
@@ -168,6 +336,7 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "must be >= 0 (0 disables)")
         _check(self.eval_every >= 1, "train.eval_every", self.eval_every, "must be >= 1")
         _check(self.num_eval_batches >= 1, "train.num_eval_batches", self.num_eval_batches, "must be >= 1")
+        _check(self.report_every >= 1, "train.report_every", self.report_every, "must be >= 1")
 
 
 ALGORITHMS = ("ddp", "diloco", "fedavg", "dilocox", "streaming", "gossip")
@@ -180,11 +349,13 @@ class AlgorithmConfig:
     name: Literal["ddp", "diloco", "fedavg", "dilocox", "streaming", "gossip"] = "diloco"
     """Training algorithm."""
     num_inner_steps: int = 50
-    """H: inner steps between synchronisations (ignored by ddp)."""
-    outer_lr: float = 0.7
-    """Outer optimizer learning rate (DiLoCo: SGD with Nesterov momentum)."""
-    outer_momentum: float = 0.9
-    """Outer optimizer momentum (0 disables)."""
+    """H: inner steps between outer synchronisations (DiLoCo family, fedavg); only that. ddp and gossip
+    do not read it (their record period is train.report_every)."""
+    outer_lr: float = 0.0
+    """Outer optimizer learning rate (DiLoCo: SGD with Nesterov momentum); 0 = the rule of
+    :func:`outer_recipe` for this run's number of workers M and H."""
+    outer_momentum: float = -1.0
+    """Outer optimizer momentum in [0, 1) (0 disables); negative = the rule of :func:`outer_recipe`."""
     nesterov: bool = True
     """Use Nesterov momentum in the outer optimizer."""
     num_warmup_rounds: int = 0
@@ -204,9 +375,14 @@ class AlgorithmConfig:
 
     def validate(self) -> None:
         _check(self.num_inner_steps >= 1, "algorithm.num_inner_steps", self.num_inner_steps, "H must be >= 1")
-        _check(self.outer_lr > 0, "algorithm.outer_lr", self.outer_lr, "must be > 0")
         _check(
-            0 <= self.outer_momentum < 1, "algorithm.outer_momentum", self.outer_momentum, "must be in [0, 1)"
+            self.outer_lr >= 0, "algorithm.outer_lr", self.outer_lr, "must be >= 0 (0 = outer_recipe's rule)"
+        )
+        _check(
+            self.outer_momentum < 1,
+            "algorithm.outer_momentum",
+            self.outer_momentum,
+            "must be in [0, 1) (negative = outer_recipe's rule)",
         )
         _check(
             self.num_warmup_rounds >= 0, "algorithm.num_warmup_rounds", self.num_warmup_rounds, "must be >= 0"
@@ -233,16 +409,39 @@ class AlgorithmConfig:
             "must be in [0, 1]",
         )
 
+    def with_outer_recipe(self, num_workers: int) -> AlgorithmConfig:
+        """This section with ``outer_lr`` / ``outer_momentum`` left to the rule replaced by
+        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``); explicit values are kept."""
+        lr, momentum = outer_recipe(num_workers, self.num_inner_steps)
+        return dataclasses.replace(
+            self,
+            outer_lr=self.outer_lr if self.outer_lr > 0 else lr,
+            outer_momentum=self.outer_momentum if self.outer_momentum >= 0 else momentum,
+        )
+
+
+def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
+    """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps.
+
+    PLACEHOLDER rule, replaced by the one measured in ``farsync bench quality``.
+    """
+    m = max(1, num_workers)
+    lr = min(1.2, max(0.6, 0.6 + 0.15 * math.log2(m)))
+    return round(lr, 3), 0.5
+
 
 COMPRESSION_KINDS = ("none", "fp16", "bf16", "int8", "int4", "uint8_lookup", "topk", "lowrank")
+"""The one list of compression kinds. ``farsync.compress.KINDS`` (what each kind puts on the wire) is kept
+equal to it by a test: the config and ``compress`` are independent leaves and cannot import each other."""
 
 
 @dataclass(kw_only=True)
 class CompressionConfig:
     """How pseudo-gradients are compressed before they go on the wire."""
 
-    kind: Literal["none", "fp16", "bf16", "int8", "int4", "uint8_lookup", "topk", "lowrank"] = "none"
-    """Compressor for the outer synchronisation."""
+    kind: str = "none"
+    """What goes on the wire, one of COMPRESSION_KINDS; the same bytes with or without robust aggregation:
+    none (fp32), fp16, bf16, int8, int4, uint8_lookup, topk, lowrank (P and Q factors at `bits`)."""
     bits: int = 8
     """Bit width for quantization (and for low-rank factors): 4, 8 or 16."""
     rank: int = 8
@@ -259,6 +458,12 @@ class CompressionConfig:
     """Block size for blockwise absmax quantization."""
 
     def validate(self) -> None:
+        _check(
+            self.kind in COMPRESSION_KINDS,
+            "compression.kind",
+            self.kind,
+            "allowed: " + ", ".join(repr(kind) for kind in COMPRESSION_KINDS),
+        )
         _check(self.bits in (4, 8, 16), "compression.bits", self.bits, "allowed: 4, 8 or 16")
         _check(self.rank >= 1, "compression.rank", self.rank, "must be >= 1")
         _check(
@@ -273,46 +478,63 @@ class CompressionConfig:
         _check(self.block_size >= 8, "compression.block_size", self.block_size, "must be >= 8")
 
 
+_RATE = {"parse": parse_bandwidth}
+_DURATION = {"parse": parse_duration}
+
+
 @dataclass(kw_only=True)
 class NetworkConfig:
-    """The emulated wide-area link between workers."""
+    """The emulated wide-area link between workers.
 
-    bandwidth: str = "1Gbit"
-    """Link rate per worker, e.g. '1Gbit', '100Mbit'."""
-    latency: str = "0ms"
-    """One-way latency per message, e.g. '50ms'."""
+    Rates are bits per second and durations seconds, as numbers, from the moment the config is built: TOML,
+    ``--set`` and the constructor also take strings ('1Gbit', '100Mbps', '20ms'), parsed once, here.
+    """
+
+    bandwidth: float = field(default=1e9, metadata=_RATE)
+    """Link rate per worker in bits/s, e.g. 1e9 or '1Gbit', '100Mbit'."""
+    latency: float = field(default=0.0, metadata=_DURATION)
+    """One-way latency per message in seconds, e.g. 0.05 or '50ms'."""
     emulation: Literal["sleep", "virtual", "off"] = "sleep"
     """sleep: collectives really take the link's time; virtual: the time is added to a simulated clock
     (for long benchmarks); off: no emulation (a real link, e.g. across hosts)."""
-    worker_bandwidth: dict[str, str] = field(default_factory=dict)
-    """Per-worker overrides, {"2" = "100Mbit"}; a collective runs at its slowest member's rate."""
-    worker_latency: dict[str, str] = field(default_factory=dict)
-    """Per-worker latency overrides, {"2" = "80ms"}."""
-    intra_bandwidth: str = "100Gbit"
-    """Pipeline stages: link inside a replica (activations); the cross-replica link is `bandwidth`."""
+    worker_bandwidth: dict[str, float] = field(
+        default_factory=dict, metadata={"parse": _parse_table(parse_bandwidth)}
+    )
+    """Per-worker overrides in bits/s, {"2" = "100Mbit"}; a collective runs at its slowest member's rate."""
+    worker_latency: dict[str, float] = field(
+        default_factory=dict, metadata={"parse": _parse_table(parse_duration)}
+    )
+    """Per-worker latency overrides in seconds, {"2" = "80ms"}."""
+    intra_bandwidth: float = field(default=1e11, metadata=_RATE)
+    """Pipeline stages: link inside a replica (activations) in bits/s, e.g. '100Gbit'; the cross-replica link is
+    `bandwidth`."""
+
+    def __post_init__(self) -> None:
+        # Strings given to the constructor become numbers here too (numbers pass through unchanged).
+        for f in dataclasses.fields(self):
+            parse = f.metadata.get("parse")
+            if parse is not None:
+                setattr(self, f.name, parse(getattr(self, f.name), f"network.{f.name}"))
 
     def validate(self, num_workers: int) -> None:
-        parse_bandwidth(self.bandwidth, "network.bandwidth")
-        parse_duration(self.latency, "network.latency")
-        parse_bandwidth(self.intra_bandwidth, "network.intra_bandwidth")
-        for table, parser in (("worker_bandwidth", parse_bandwidth), ("worker_latency", parse_duration)):
-            for rank, text in getattr(self, table).items():
-                key = f"network.{table}.{rank}"
+        for table in ("worker_bandwidth", "worker_latency"):
+            for rank in getattr(self, table):
                 _check(
                     rank.isdigit() and int(rank) < num_workers,
-                    key,
+                    f"network.{table}.{rank}",
                     rank,
                     f"worker rank must be in 0..{num_workers - 1}",
                 )
-                parser(text, key)
 
     @property
     def bandwidth_bps(self) -> float:
-        return parse_bandwidth(self.bandwidth)
+        """``bandwidth`` (bits/s)."""
+        return self.bandwidth
 
     @property
     def latency_s(self) -> float:
-        return parse_duration(self.latency)
+        """``latency`` (seconds)."""
+        return self.latency
 
 
 AGGREGATION_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "centered_clip")
@@ -401,10 +623,14 @@ class ParallelConfig:
     """Microbatches per inner step; must divide train.batch_size."""
     schedule: Literal["gpipe", "1f1b"] = "1f1b"
     """Pipeline schedule."""
+    num_shards: int = 1
+    """FSDP2 shards N per replica: each replica is N ranks that shard its model with ``fully_shard`` and
+    split its batch; num_workers must be a multiple of N (replicas = num_workers / N). Processes only."""
 
     def validate(self) -> None:
         _check(self.num_stages >= 1, "parallel.num_stages", self.num_stages, "must be >= 1")
         _check(self.num_microbatches >= 1, "parallel.num_microbatches", self.num_microbatches, "must be >= 1")
+        _check(self.num_shards >= 1, "parallel.num_shards", self.num_shards, "must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -419,9 +645,17 @@ class ElasticConfig:
     """A worker silent for this long is considered dead (several heartbeat intervals)."""
     collective_timeout_s: float = 30.0
     """A collective that has not finished by then is aborted (must exceed the slowest sync on the link)."""
+    coordinator_timeout_s: float = 60.0
+    """A worker that cannot reach its coordinator for this long gives up with a message (exit code 5)."""
 
     def validate(self) -> None:
         _check(self.min_workers >= 1, "elastic.min_workers", self.min_workers, "must be >= 1")
+        _check(
+            self.coordinator_timeout_s > 0,
+            "elastic.coordinator_timeout_s",
+            self.coordinator_timeout_s,
+            "must be > 0",
+        )
         _check(
             self.heartbeat_interval_s > 0,
             "elastic.heartbeat_interval_s",
@@ -451,7 +685,9 @@ class FederatedConfig:
     client_fraction: float = 1.0
     """Fraction C of clients sampled per round, in (0, 1]."""
     local_epochs: int = 1
-    """E: local epochs per round (0 = use algorithm.num_inner_steps steps instead)."""
+    """E: local epochs per round (0 = federated.local_steps steps instead)."""
+    local_steps: int = 50
+    """Local steps per round when local_epochs = 0 (batches drawn as in an epoch); rejected otherwise."""
     batch_size: int = 10
     """B: local batch size (0 = the client's whole data, FedSGD)."""
     num_rounds: int = 100
@@ -466,6 +702,13 @@ class FederatedConfig:
             "must be in (0, 1]",
         )
         _check(self.local_epochs >= 0, "federated.local_epochs", self.local_epochs, "must be >= 0")
+        _check(self.local_steps >= 1, "federated.local_steps", self.local_steps, "must be >= 1")
+        _check(
+            self.local_epochs == 0 or self.local_steps == FederatedConfig().local_steps,
+            "federated.local_steps",
+            self.local_steps,
+            f"used only with federated.local_epochs = 0 (local_epochs = {self.local_epochs} sets the work)",
+        )
         _check(self.batch_size >= 0, "federated.batch_size", self.batch_size, "must be >= 0 (0 = full batch)")
         _check(self.num_rounds >= 1, "federated.num_rounds", self.num_rounds, "must be >= 1")
 
@@ -530,6 +773,22 @@ class PrivacyConfig:
 
 
 @dataclass(kw_only=True)
+class LoggingConfig:
+    """Experiment trackers that receive every metric record beside ``metrics.jsonl``."""
+
+    backends: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Any of "tensorboard" (event files under RUN_DIR/tensorboard) and "wandb" (a W&B run under
+    RUN_DIR/wandb); install with ``pip install farsync[tensorboard,wandb]``. Empty: metrics.jsonl only."""
+    wandb_project: str = "farsync"
+    """W&B project name."""
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """W&B mode: offline writes files only (``wandb sync`` uploads them later); online needs a login."""
+
+    def validate(self) -> None:
+        _check(bool(self.wandb_project), "logging.wandb_project", self.wandb_project, "must not be empty")
+
+
+@dataclass(kw_only=True)
 class CheckpointConfig:
     """Checkpoints at outer-round boundaries."""
 
@@ -572,6 +831,7 @@ class RunConfig:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
         _check(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
@@ -589,15 +849,23 @@ class RunConfig:
         self.gossip.validate(self.num_workers)
         self.privacy.validate()
         self.checkpoint.validate()
+        self.logging.validate()
         self._validate_across_sections()
+        self._validate_shards()
 
     def _validate_across_sections(self) -> None:
-        if self.model.kind == "gpt":
+        if self.model.kind in ("gpt", "hf"):
             _check(
-                self.data.kind == "text",
+                self.data.kind in ("text", "local"),
                 "data.kind",
                 self.data.kind,
-                "model.kind = 'gpt' needs data.kind = 'text'",
+                f"model.kind = '{self.model.kind}' needs data.kind = 'text' or 'local'",
+            )
+            _check(
+                self.model.kind == "hf" or self.data.tokenizer == "bytes",
+                "data.tokenizer",
+                self.data.tokenizer,
+                "farsync's GPT has a byte vocabulary (256 ids): use 'bytes', or model.kind = 'hf'",
             )
         else:
             _check(
@@ -633,6 +901,13 @@ class RunConfig:
             f"must divide train.batch_size ({self.train.batch_size})",
         )
         _check(
+            self.algorithm.name in ("ddp", "gossip") or self.train.report_every == TrainConfig().report_every,
+            "train.report_every",
+            self.train.report_every,
+            f"only ddp and gossip report by steps; algorithm.name = {self.algorithm.name!r} reports once per "
+            "outer round (every algorithm.num_inner_steps steps)",
+        )
+        _check(
             self.elastic.min_workers <= self.num_workers,
             "elastic.min_workers",
             self.elastic.min_workers,
@@ -647,6 +922,63 @@ class RunConfig:
                     value,
                     f"Krum needs num_workers > 2f + 2 (num_workers = {self.num_workers})",
                 )
+
+    def _validate_shards(self) -> None:
+        """FSDP2 inside a replica: what composes with it (per-shard averaging) and what is refused."""
+        _check(
+            self.train.precision == "fp32" or self.parallel.num_stages == 1,
+            "train.precision",
+            self.train.precision,
+            "pipeline stages train in fp32 only; use 'fp32' with parallel.num_stages > 1",
+        )
+        shards = self.parallel.num_shards
+        if shards == 1:
+            return
+        key = "parallel.num_shards"
+        _check(
+            self.num_workers % shards == 0,
+            "num_workers",
+            self.num_workers,
+            f"must be a multiple of parallel.num_shards ({shards}): replicas x shards",
+        )
+        _check(
+            self.parallel.num_stages == 1,
+            key,
+            shards,
+            "FSDP shards and pipeline stages do not combine; set parallel.num_stages = 1",
+        )
+        _check(
+            self.train.batch_size % shards == 0,
+            "train.batch_size",
+            self.train.batch_size,
+            f"must be a multiple of parallel.num_shards ({shards}): each shard takes an equal slice",
+        )
+        _check(
+            self.model.kind in ("gpt", "hf"),
+            key,
+            shards,
+            f"shards split a transformer's blocks; model.kind = {self.model.kind!r} allows only 1",
+        )
+        _check(
+            self.algorithm.name in ("diloco", "dilocox", "streaming", "fedavg"),
+            key,
+            shards,
+            f"algorithm.name = {self.algorithm.name!r} works on whole gradients or optimizer states; sharded "
+            "replicas run diloco, dilocox, streaming or fedavg (each shard averaged with the same shard of "
+            "the other replicas)",
+        )
+        _check(
+            self.federated.num_clients == 0,
+            "federated.num_clients",
+            self.federated.num_clients,
+            "sampled federated clients do not run sharded replicas; use 0 with parallel.num_shards > 1",
+        )
+        _check(
+            self.privacy.mode == "off",
+            "privacy.mode",
+            self.privacy.mode,
+            "differential privacy clips whole updates; a sharded replica sends shards, so use 'off'",
+        )
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -708,7 +1040,10 @@ def _build(cls: type[Any], data: dict[str, Any], prefix: str) -> Any:
         if name not in fields:
             raise ConfigError(key, value, "unknown key; allowed: " + ", ".join(sorted(fields)))
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        parse = fields[name].metadata.get("parse")
+        if parse is not None:  # a value with units (NetworkConfig): number or string, parsed once
+            kwargs[name] = parse(value, key)
+        elif dataclasses.is_dataclass(tp):
             _check(isinstance(value, dict), key, value, "expected a table")
             kwargs[name] = _build(typing.cast(type[Any], tp), value, f"{key}.")
         else:

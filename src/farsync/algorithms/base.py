@@ -33,9 +33,21 @@ from torch import nn
 from farsync.comm.communicator import Communicator
 from farsync.reducers.base import MeanReducer, Reducer
 
-__all__ = ["Algorithm", "params_sha256"]
+__all__ = ["Algorithm", "local_shard", "params_sha256"]
 
 logger = logging.getLogger(__name__)
+
+
+def local_shard(param: nn.Parameter) -> nn.Parameter:
+    """The part of ``param`` this rank holds: itself, or for a parameter FSDP2 shards (a ``DTensor``) the
+    local shard, a plain tensor sharing its storage, so an algorithm reads and writes this rank's shard and
+    averages it with the same shard of the other replicas (:mod:`farsync.parallel.fsdp`)."""
+    to_local = getattr(param, "to_local", None)
+    if to_local is None:
+        return param
+    with torch.no_grad():  # without grad mode, to_local() is the shard itself, not an autograd view
+        shard: nn.Parameter = to_local()
+    return shard
 
 
 def params_sha256(tensors: list[torch.Tensor]) -> str:
@@ -73,7 +85,7 @@ class Algorithm(ABC):
         self.round_ended = False
         self.weight = 1.0
         self._hooks: list[Any] = []
-        self.named_params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.named_params = {n: local_shard(p) for n, p in model.named_parameters() if p.requires_grad}
 
     # ----------------------------------------------------------------------------------- attachment
     def attach(self) -> None:

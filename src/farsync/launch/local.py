@@ -31,6 +31,7 @@ from farsync.comm.groups import open_store
 from farsync.config import RunConfig, config_to_toml, load_config
 from farsync.launch.dispatch import run_worker
 from farsync.launch.preflight import check_resume, check_run, clear_run_dir
+from farsync.report.loggers import run_loggers
 from farsync.report.summary import write_run_outputs
 from farsync.train import WorkerContext, read_results
 from farsync.train.lifetime import become_worker_process, ignoring_interrupts, stop_processes
@@ -124,6 +125,7 @@ class _RunFiles:
         self.pending: list[dict[str, Any]] = []
         self.resumed: set[Any] = set()
         self.file: Any = None
+        self.loggers = run_loggers(config, out_dir)  # TensorBoard / W&B beside metrics.jsonl ([logging])
         if not resume:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config.toml").write_text(config_to_toml(config))
@@ -159,10 +161,12 @@ class _RunFiles:
         # Appended as they arrive, so an interrupted run keeps its metrics up to the crash.
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        self.loggers.log(record)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+        self.loggers.close()
 
 
 def launch(

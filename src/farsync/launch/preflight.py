@@ -57,16 +57,27 @@ _RUN_MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")
 
 def check_run(config: RunConfig) -> None:
     """Data, shard sizes, plug-in attack and Byzantine bounds; raises :class:`ConfigError`."""
-    stages = config.parallel.num_stages
+    ranks_per_replica = config.parallel.num_stages * config.parallel.num_shards
     check_task(
         config.data,
         batch_size=config.train.batch_size,
-        num_workers=config.num_workers // stages,  # pipeline stages of a replica share its shard
+        # pipeline stages and FSDP shards of a replica share its data shard
+        num_workers=config.num_workers // ranks_per_replica,
         seed=config.seed,
         model=config.model,
     )
     _check_attack(config)
     check_byzantine_bounds(config)
+    _check_loggers(config)
+
+
+def _check_loggers(config: RunConfig) -> None:
+    from farsync.report.loggers import LoggerError, check_logger_names
+
+    try:
+        check_logger_names(config.logging.backends)
+    except LoggerError as error:
+        raise ConfigError("logging.backends", config.logging.backends, str(error)) from None
 
 
 def _check_attack(config: RunConfig) -> None:

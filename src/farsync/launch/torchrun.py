@@ -1,6 +1,9 @@
 """The torchrun entry: ``torchrun --nproc-per-node N -m farsync.launch.torchrun CONFIG.toml``.
 
-Each process is one worker; rank 0 gathers every worker's records and result and writes the run's outputs.
+Each process is one worker; rank 0 gathers every worker's records and result (through the run's store, so
+workers on other hosts need no shared file system) and writes the run's outputs and experiment logs.
+``--device auto`` (the default) puts each worker on ``cuda:LOCAL_RANK`` when CUDA is available, and its
+groups then use NCCL; ``docs/gpu.md`` has a two-node recipe.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+
+import torch
 
 from farsync.comm.groups import open_store
 from farsync.config import ConfigError, load_config
 from farsync.launch.dispatch import run_worker
 from farsync.launch.preflight import check_run
+from farsync.report.loggers import run_loggers
 from farsync.report.summary import write_run_outputs
 from farsync.train import WorkerContext, read_results
 from farsync.train.lifetime import become_worker_process
@@ -31,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default="runs/torchrun")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu or cuda",
+    )
     args = parser.parse_args(argv)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
@@ -52,28 +62,40 @@ def main(argv: list[str] | None = None) -> int:
         is_master=rank == 0 and not agent_store,
     )
     prefix = f"torchrun/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    metrics_file = open(out_dir / f"metrics.rank{rank}.jsonl", "w")  # noqa: SIM115 - closed below
-
-    def sink(record: dict[str, Any]) -> None:
-        metrics_file.write(json.dumps(record) + "\n")
-
-    ctx = WorkerContext(rank, world_size, store, out_dir, sink, group_prefix=prefix)
+    own_records: list[str] = []
+    ctx = WorkerContext(
+        rank,
+        world_size,
+        store,
+        out_dir,
+        lambda record: own_records.append(json.dumps(record)),
+        group_prefix=prefix,
+        device=_device(args.device),
+    )
     run_worker(config, ctx)
-    metrics_file.close()
+    store.set(f"{prefix}/records/{rank}", "\n".join(own_records))
     if rank == 0:
         results = read_results(store, prefix, world_size)
-        records: list[dict[str, Any]] = []
-        for other in range(world_size):
-            path = out_dir / f"metrics.rank{other}.jsonl"
-            records.extend(json.loads(line) for line in path.read_text().splitlines())
-            path.unlink()
+        keys = [f"{prefix}/records/{other}" for other in range(world_size)]
+        store.wait(keys)
+        records = [json.loads(line) for key in keys for line in store.get(key).decode().splitlines() if line]
         write_run_outputs(config, out_dir, results, records)
+        loggers = run_loggers(config, out_dir)
+        for record in records:
+            loggers.log(record)
+        loggers.close()
     # Keep rank 0's store alive until every worker has finished reading it.
     store.add(f"{prefix}/done", 1)
     if rank == 0:
         while int(store.add(f"{prefix}/done", 0)) < world_size:
             time.sleep(0.05)
     return 0
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from farsync.config import RunConfig
 
 __all__ = [
     "LOGGER_NAMES",
@@ -40,6 +43,7 @@ __all__ = [
     "check_logger_names",
     "make_loggers",
     "record_scalars",
+    "run_loggers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -289,3 +293,20 @@ def make_loggers(
         MultiLogger(loggers).close()
         raise
     return MultiLogger(loggers)
+
+
+def run_loggers(config: RunConfig, run_dir: str | os.PathLike[str]) -> MultiLogger:
+    """The ``[logging]`` section's backends for the run in ``run_dir`` (named after the directory, with the
+    resolved config attached); an empty :class:`MultiLogger` when none is chosen, importing nothing."""
+    import dataclasses
+
+    if not config.logging.backends:
+        return MultiLogger()
+    return make_loggers(
+        config.logging.backends,
+        run_dir,
+        run_name=Path(run_dir).name,
+        config_dict=dataclasses.asdict(config),
+        wandb_project=config.logging.wandb_project,
+        wandb_mode=config.logging.wandb_mode,
+    )

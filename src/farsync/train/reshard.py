@@ -57,7 +57,15 @@ def _always(config: RunConfig) -> bool:
 
 
 def _gpt(config: RunConfig) -> bool:
-    return config.model.kind == "gpt"
+    return config.model.kind in ("gpt", "hf")
+
+
+def _hf(config: RunConfig) -> bool:
+    return config.model.kind == "hf"
+
+
+def _text(config: RunConfig) -> bool:
+    return config.data.kind in ("text", "local")
 
 
 def _overlapped(config: RunConfig) -> bool:
@@ -79,6 +87,14 @@ FROZEN_KEYS: dict[str, Callable[[RunConfig], bool]] = {
     "compression.rank": lambda config: config.compression.kind == "lowrank" or config.compression.adaptive,
     "privacy.mode": _always,
     "parallel.num_stages": _always,
+    "parallel.num_shards": _always,
+    "model.architecture": _hf,
+    "model.hf_path": _hf,
+    "model.num_kv_heads": _hf,
+    "model.intermediate_size": _hf,
+    "model.tie_embeddings": _hf,
+    "data.tokenizer": _text,
+    "data.vocab_size": lambda config: config.data.tokenizer == "bpe",
 }
 """Settings a resumed run must keep (when the predicate holds for the checkpointed run): the checkpoint's
 tensor shapes or state layout depend on them."""
@@ -137,6 +153,8 @@ def reshard_refusal(config: RunConfig) -> str | None:
         return "federated runs with clients cannot resume from checkpoints yet"
     if config.privacy.mode != "off":
         return "the privacy accountant's record belongs to the run as it was"
+    if config.parallel.num_shards > 1:
+        return "a sharded replica's checkpoint holds each rank's own shards"
     return None
 
 
