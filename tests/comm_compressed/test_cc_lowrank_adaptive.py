@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from farsync.collectives.lowrank_allreduce import LowRankAllReduce
-from farsync.collectives.ring_codecs import make_codec
 from farsync.comm.communicator import Communicator
 from farsync.comm.cost import LinkModel
-from farsync.compress import TopK
+from farsync.compress import make_codec
 from farsync.config import CompressionConfig
 from farsync.reducers.adaptive_lowrank import AdaptiveLowRankReducer
 from farsync.reducers.compressed import GatherReducer, RingReducer
@@ -54,7 +53,7 @@ def test_residuals_are_saved_and_restored_through_state_dict(make: str) -> None:
     comm = Communicator(None, 0, 1)
     builders = {
         "ring": lambda: RingReducer(comm, make_codec("int8"), error_feedback=True),
-        "gather": lambda: GatherReducer(comm, TopK(0.1), error_feedback=True),
+        "gather": lambda: GatherReducer(comm, make_codec("topk", topk_fraction=0.1), error_feedback=True),
         "lowrank": lambda: AdaptiveLowRankReducer(
             comm, CompressionConfig(kind="lowrank", rank=2, error_feedback=True)
         ),

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from farsync.collectives.quantized_ring import quantized_ring_all_reduce, ring_bytes_sent
-from farsync.collectives.ring_codecs import make_codec
 from farsync.comm.communicator import Communicator
+from farsync.compress import make_codec
 from farsync.sim.ranks import run_ranks
 
 WORLD = 4

@@ -5,7 +5,7 @@ import torch
 
 from farsync.compress import (
     CompressionPlan,
-    build_compressor,
+    LowRankCodec,
     energy_rank,
     estimate_lowrank_bytes,
     plan_compression,
@@ -47,8 +47,9 @@ def test_estimate_counts_factors_at_bits_and_vectors_at_fp32() -> None:
     # Execute
     fp16 = estimate_lowrank_bytes(shapes, rank=4, bits=16)
     int8 = estimate_lowrank_bytes(shapes, rank=4, bits=8, block_size=64)
-    # Assert: P 400 values, Q 200 values, bias 50 fp32.
-    assert fp16 == 2 * 600 + 200
+    # Assert: P 400 values (7 blocks of 64), Q 200 values (4 blocks), each with an fp32 scale per block
+    # (fp16 is block-scaled), bias 50 fp32.
+    assert fp16 == (2 * 400 + 4 * 7) + (2 * 200 + 4 * 4) + 200
     assert int8 == (400 + 4 * 7) + (200 + 4 * 4) + 200
 
 
@@ -88,13 +89,12 @@ def test_plan_halves_the_rank_at_the_narrowest_width_when_nothing_fits() -> None
 
 
 @pytest.mark.parametrize("bits", [16, 8, 4])
-def test_plan_estimate_equals_the_bytes_the_planned_compressor_sends(bits: int) -> None:
+def test_plan_estimate_equals_the_bytes_of_the_planned_message(bits: int) -> None:
     # Prepare
     pseudo_gradient = _pseudo_gradient()
     # Execute
     plan = plan_compression(pseudo_gradient, energy_fraction=0.9, bytes_budget=1e6, allowed_bits=(bits,))
-    compressor = build_compressor("lowrank_quantized", rank=plan.rank, bits=plan.bits)
-    sent = sum(compressor.encode(name, t).num_bytes for name, t in pseudo_gradient.items())
+    sent = LowRankCodec(rank=plan.rank, bits=plan.bits).encode(pseudo_gradient).numel()
     # Assert
     assert plan.bits == bits
     assert sent == plan.estimated_bytes

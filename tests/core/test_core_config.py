@@ -48,7 +48,7 @@ def test_set_overrides_parse_strings_ints_floats_bools_and_tables() -> None:
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
     assert config.compression.adaptive is True
     assert config.num_workers == 3
-    assert config.network.worker_bandwidth == {"2": "10Mbit"}
+    assert config.network.worker_bandwidth == {"2": 1e7}  # parsed to bits/s at load
     assert config.byzantine.workers == [1]
 
 

@@ -207,19 +207,17 @@ class Gossip(Algorithm):
         # Every receive and send is posted before any is waited on: gloo posts never block, so no cycle of
         # workers can each wait for a neighbour that is itself waiting (deadlock-free on any graph).
         buffers = {m: torch.empty_like(own) for m in neighbours}
-        clock = self.comm.clock
-        start = clock.now()
+        start = self.comm.clock.now()
         handles: list[Handle[torch.Tensor]] = [self.comm.recv(buffers[m], m, tag) for m in neighbours]
         handles += [self.comm.send(own, m, tag) for m in neighbours]
         for handle in handles:
             handle.wait()
         # The sends leave through one uplink, one after another: charge the link time they share.
+        emulator = self.comm.emulator
         uplink = sum(
-            self.comm.modeled_time(Collective.SEND, own.numel() * own.element_size()) for _ in neighbours
+            emulator.modeled_time(Collective.SEND, own.numel() * own.element_size()) for _ in neighbours
         )
-        extra = clock.wait_until(start + uplink)
-        if extra > 0:
-            self.comm.ledger.record_blocked(self.comm.channel, Collective.SEND.value, extra)
+        emulator.hold(start, uplink, Collective.SEND)
         return buffers
 
     def finish(self) -> None:

@@ -103,7 +103,7 @@ class StreamingDiLoCo(DiLoCo):
         self.background = BackgroundSync(comm.clock, comm.ledger)
         self.in_flight: list[FragmentSync] = []
         self.timer = InnerStepTimer()
-        self.link_free_at = 0.0
+        self.sync_lane = comm.emulator.lane()  # one fragment sync on the link at a time
         self.fragment_syncs = 0
         self.time_budget_s: float | None = None
 
@@ -138,10 +138,9 @@ class StreamingDiLoCo(DiLoCo):
 
     def _reduce_when_link_free(self, pseudo: Named, weight: float) -> Named:
         # Runs on the background thread (jobs run in order): start after the previous sync left the link.
-        clock = self.comm.clock
-        clock.wait_until(self.link_free_at)
+        self.sync_lane.wait_free()
         averaged = self.reducer(pseudo, weight)
-        self.link_free_at = clock.now()
+        self.sync_lane.release()
         return averaged
 
     def _apply(self, sync: FragmentSync) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from farsync.bench.common import markdown_table, write_results
-from farsync.config import RunConfig, load_config
+from farsync.config import RunConfig, format_bandwidth, format_duration, load_config
 from farsync.elastic.launch import launch_elastic
 from farsync.sim.faults import FaultPlan
 
@@ -134,8 +134,8 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
             "num_workers": config.num_workers,
             "num_rounds": num_rounds,
             "num_inner_steps": config.algorithm.num_inner_steps,
-            "bandwidth": link.bandwidth,
-            "latency": link.latency,
+            "bandwidth": format_bandwidth(link.bandwidth),
+            "latency": format_duration(link.latency),
             "emulation": link.emulation,
             "min_workers": config.elastic.min_workers,
         },
@@ -175,7 +175,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
             f"# chaos: elastic DiLoCo under SIGKILL{' (quick)' if quick else ''}",
             "",
             f"{config.num_workers} workers, {num_rounds} rounds of H={config.algorithm.num_inner_steps}, link "
-            f"{link.bandwidth} / {link.latency} ({link.emulation}), min_workers={config.elastic.min_workers}; a random "
+            f"{format_bandwidth(link.bandwidth)} / {format_duration(link.latency)} ({link.emulation}), min_workers={config.elastic.min_workers}; a random "
             f"worker is SIGKILLed about every {example.every_rounds:g} rounds and restarted {example.restart_after_s:g} s "
             f"later (fault seeds {seeds}).",
             "",

@@ -269,7 +269,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     begin = time.perf_counter()
     probe = _probe_step_s(base, runs_dir)
     bps = _bandwidth_bps(probe, ratio)
-    link = [f"network.bandwidth='{bps / 1e3:.3f}Kbit'", "network.emulation='virtual'"]
+    link = [f"network.bandwidth={bps!r}", "network.emulation='virtual'"]
     rows, skipped = _run_all([*base, *link], h, runs_dir, quick)
     _compare(rows)
     timing = compare_allreduce(

@@ -8,14 +8,14 @@ shard ``j``, every worker sends its shard ``j`` to worker ``j`` (one all-to-all)
 sends ``(n-1)/n * S`` bytes in each of the two collectives, so about ``2 S`` whatever ``n``: the same as a
 ring all-reduce, but every value passes through one owner that sees all ``n`` versions of it.
 
-This module owns the mechanics only (shard layout, wire encoding, the two collectives); what an owner does
-with its stack of shards is the caller's function. Shards travel as raw bytes so that any compressor's
-payload (several tensors of mixed dtypes) fits in one collective; see :class:`WireCodec`.
+This module owns the mechanics only (shard layout, the two collectives); what an owner does with its stack
+of shards is the caller's function. Each shard travels as one message of a
+:class:`~farsync.compress.codecs.WireCodec` (the same codec a ring would use for the same kind), whose size
+depends only on the shard's length, so every all-to-all chunk has the same size.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from farsync.comm.communicator import Communicator
-from farsync.compress.base import Compressor, Encoded, Identity
+from farsync.compress.codecs import Fp32Codec, WireCodec, as_bytes, from_bytes
 
-__all__ = ["ShardLayout", "WireCodec", "butterfly_reduce"]
+__all__ = ["ShardLayout", "ShardRule", "butterfly_reduce"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,52 +65,6 @@ class ShardLayout:
         return torch.cat([s.reshape(-1) for s in shards])[: self.numel]
 
 
-def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
-    flat = tensor.detach().contiguous().reshape(-1)
-    return flat.view(torch.uint8) if flat.dtype != torch.bool else flat.to(torch.uint8)
-
-
-def _from_bytes(raw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if like.dtype == torch.bool:
-        return raw.to(torch.bool).reshape(like.shape)
-    return raw.view(like.dtype).reshape(like.shape)
-
-
-class WireCodec:
-    """Encodes a shard with a :class:`~farsync.compress.base.Compressor` and packs the payload into bytes.
-
-    Every compressor in :mod:`farsync.compress` produces payloads whose shapes depend only on the input's
-    shape and the settings, so a receiver decodes a peer's bytes with the layout of its own encoding of a
-    shard of the same shape (the ``template``). The byte ledger therefore counts exactly the compressed
-    payload. With :class:`~farsync.compress.base.Identity` (the default) a shard travels as plain fp32.
-    """
-
-    def __init__(self, compressor: Compressor | None = None) -> None:
-        self.compressor = compressor if compressor is not None else Identity()
-
-    def encode(self, name: str, shard: torch.Tensor) -> tuple[torch.Tensor, Encoded]:
-        """The shard's bytes on the wire and its :class:`Encoded` (the template for decoding peers)."""
-        encoded = self.compressor.encode(name, shard)
-        raw = (
-            torch.cat([_as_bytes(t) for t in encoded.payload.values()])
-            if encoded.payload
-            else torch.empty(0, dtype=torch.uint8)
-        )
-        return raw, encoded
-
-    def decode(self, raw: torch.Tensor, template: Encoded) -> torch.Tensor:
-        """A peer's shard from its bytes, laid out like ``template``; float32."""
-        payload: dict[str, torch.Tensor] = {}
-        offset = 0
-        for key, like in template.payload.items():
-            size = like.numel() * like.element_size() if like.dtype != torch.bool else like.numel()
-            payload[key] = _from_bytes(raw[offset : offset + size].clone(), like)
-            offset += size
-        if offset != raw.numel():
-            raise ValueError(f"received {raw.numel()} bytes, the shard layout needs {offset}")
-        return self.compressor.decode(dataclasses.replace(template, payload=payload)).reshape(-1).float()
-
-
 def butterfly_reduce(
     comm: Communicator,
     vector: torch.Tensor,
@@ -129,20 +83,18 @@ def butterfly_reduce(
     """
     if layout.num_shards != comm.world_size:
         raise ValueError(f"layout has {layout.num_shards} shards for a group of {comm.world_size}")
-    codec = codec if codec is not None else WireCodec()
+    codec = codec if codec is not None else Fp32Codec()
     gather_codec = gather_codec if gather_codec is not None else codec
-    rank, n = comm.rank, comm.world_size
-    encoded = [codec.encode(f"shard{j}", shard) for j, shard in enumerate(layout.split(vector))]
-    received = comm.all_to_all([raw for raw, _ in encoded]).wait()
-    template = encoded[rank][1]
-    stack = torch.stack([codec.decode(raw, template) for raw in received])
+    n, size = comm.world_size, layout.shard_size
+    received = comm.all_to_all([codec.encode(shard) for shard in layout.split(vector)]).wait()
+    stack = torch.stack([codec.decode(raw, size) for raw in received])
     reduced, side = rule(stack)
-    reduced_raw, reduced_template = gather_codec.encode("reduced", reduced)
-    side_raw = _as_bytes(side.detach().float())
+    reduced_raw = gather_codec.encode(reduced)
+    side_raw = as_bytes(side.detach().float())
     packets = comm.all_gather(torch.cat([reduced_raw, side_raw])).wait()
     shards, sides = [], []
     for packet in packets:
-        shards.append(gather_codec.decode(packet[: reduced_raw.numel()], reduced_template))
-        sides.append(packet[reduced_raw.numel() :].clone().view(torch.float32))
-    logger.debug("butterfly: %d shards of %d values over %d workers", n, layout.shard_size, n)
+        shards.append(gather_codec.decode(packet[: reduced_raw.numel()], size))
+        sides.append(from_bytes(packet, reduced_raw.numel(), side.numel(), torch.float32))
+    logger.debug("butterfly: %d shards of %d values over %d workers", n, size, n)
     return layout.join(shards), sides

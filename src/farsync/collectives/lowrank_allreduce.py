@@ -14,11 +14,12 @@ Because both products are linear in ``M_i``, this is one power iteration on the 
 that mean has rank ``<= r`` and Q spans enough of it, ``M^`` equals it exactly. Tensors with fewer than two
 dimensions (biases, norms) and the weights travel uncompressed in one fp32 all-reduce.
 
-On the wire: the P factors of all matrices form one vector and the Q factors another, each all-reduced by
-:func:`~farsync.collectives.quantized_ring.quantized_ring_all_reduce` with the factor codec (``bits`` 32: fp32,
-16: block-scaled fp16, 8 or 4: blockwise absmax codes). Per round a worker's message is
-``codec(sum rows*r) + codec(sum cols*r) + 4 * (numel of 1-D tensors + 1)`` bytes, of which the ring sends
-about ``2 (n-1)/n``. Every worker decodes the same messages, so all workers end with bitwise-identical
+On the wire: the one low-rank message layout of :mod:`farsync.compress.lowrank` (the P factors of all
+matrices form one vector and the Q factors another, each in :func:`~farsync.compress.factor_codec` at
+``bits``: 32 fp32, 16 block-scaled fp16, 8 or 4 blockwise absmax codes), each vector summed by
+:func:`~farsync.collectives.quantized_ring.quantized_ring_all_reduce`. Per round a worker's message is
+:func:`~farsync.compress.lowrank_message_bytes` plus 4 bytes for the weight, of which the ring sends about
+``2 (n-1)/n``. Every worker decodes the same messages, so all workers end with bitwise-identical
 ``M^`` and ``Q``.
 
 Error feedback (optional, per worker, saved in ``state_dict``): the residual is what this worker's matrix
@@ -26,7 +27,7 @@ lost to the projection, ``M_i - P P^T M_i`` (its own share of ``P Q'^T``), as in
 the factors on the wire is not fed back.
 
 Changing the rank between rounds (the adaptive reducer does) keeps the first columns of the stored Q and
-fills new columns from :func:`~farsync.compress.initial_q`.
+fills new columns from :func:`~farsync.compress.initial_q` (:class:`~farsync.compress.WarmStart`).
 """
 
 from __future__ import annotations
@@ -39,25 +40,21 @@ from typing import Any
 import torch
 
 from farsync.collectives.quantized_ring import quantized_ring_all_reduce
-from farsync.collectives.ring_codecs import WireCodec, make_codec
 from farsync.comm.communicator import Communicator
-from farsync.compress.lowrank import effective_rank, initial_q, matrix_view, orthogonalize
+from farsync.compress.codecs import WireCodec
+from farsync.compress.lowrank import (
+    WarmStart,
+    effective_rank,
+    factor_codec,
+    lowrank_message_bytes,
+    matrix_view,
+    orthogonalize,
+)
 from farsync.compress.residuals import Residuals
 
-__all__ = ["LowRankAllReduce", "LowRankRound", "factor_codec"]
+__all__ = ["LowRankAllReduce", "LowRankRound"]
 
 logger = logging.getLogger(__name__)
-
-_FACTOR_BITS = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4"}
-
-
-def factor_codec(bits: int, block_size: int = 64) -> WireCodec:
-    """The wire codec for P and Q at ``bits`` (32, 16, 8 or 4)."""
-    if bits not in _FACTOR_BITS:
-        raise ValueError(
-            f"bits={bits} is not supported for low-rank factors; allowed: {sorted(_FACTOR_BITS)}"
-        )
-    return make_codec(_FACTOR_BITS[bits], block_size)
 
 
 @dataclass(frozen=True)
@@ -103,19 +100,12 @@ class LowRankAllReduce:
         self.comm, self.rank, self.bits, self.block_size = comm, rank, bits, block_size
         self.num_pieces = num_pieces
         self.residuals: Residuals | None = Residuals() if error_feedback else None
-        self._q: dict[str, torch.Tensor] = {}
+        self.warm = WarmStart()
         self.last: LowRankRound | None = None
 
-    # -------------------------------------------------------------------------------------- warm Q
     def warm_q(self, name: str, cols: int, rank: int) -> torch.Tensor:
         """The Q that ``name`` starts from at ``rank`` columns (stored columns first, then fresh ones)."""
-        stored = self._q.get(name)
-        if stored is None or stored.shape[0] != cols:
-            return initial_q(name, cols, rank)
-        if stored.shape[1] >= rank:
-            return stored[:, :rank]
-        fresh = initial_q(name, cols, rank)[:, stored.shape[1] :]
-        return torch.cat([stored, fresh], dim=1)
+        return self.warm.get(name, cols, rank)
 
     # -------------------------------------------------------------------------------------- reduce
     def reduce(
@@ -158,7 +148,7 @@ class LowRankAllReduce:
         for name, matrix in matrices.items():
             q_mean = q_factors[name] * scale
             out[name] = (bases[name] @ q_mean.T).reshape(corrected[name].shape)
-            self._q[name] = q_mean.clone()
+            self.warm.set(name, q_mean)
             if self.residuals is not None:
                 kept = bases[name] @ (bases[name].T @ matrix) if weight > 0 else torch.zeros_like(matrix)
                 self.residuals.store(name, (matrix - kept).reshape(corrected[name].shape))
@@ -171,9 +161,8 @@ class LowRankAllReduce:
                 self.residuals.store(
                     name, corrected[name] if weight <= 0 else torch.zeros_like(corrected[name])
                 )
-        message = (
-            codec.num_bytes(p_local.numel()) + codec.num_bytes(q_local.numel()) + 4 * dense_local.numel()
-        )
+        # The one low-rank message layout (farsync.compress.lowrank), plus the weight's 4 bytes.
+        message = lowrank_message_bytes([t.shape for t in corrected.values()], rank, codec) + 4
         self.last = LowRankRound(rank=rank, bits=bits, message_bytes=message)
         return {name: out[name] for name in named}
 
@@ -185,12 +174,12 @@ class LowRankAllReduce:
     # -------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {
-            "q": {name: q.detach().cpu().clone() for name, q in self._q.items()},
+            "q": self.warm.state_dict(),
             "residuals": self.residuals.state_dict() if self.residuals is not None else {},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._q = {name: torch.as_tensor(q).detach().clone() for name, q in state.get("q", {}).items()}
+        self.warm.load_state_dict(state.get("q", {}))
         if self.residuals is not None:
             self.residuals.load_state_dict(state.get("residuals", {}))
 

@@ -23,10 +23,12 @@ itself blocked in a send. Every message has its own tag.
 
 Pipelining and the link model: each chunk is further cut into ``num_pieces`` pieces, and a piece moves to
 the next step as soon as it has arrived (also from the last reduce-scatter step into the first all-gather
-step), so decoding and encoding one piece overlaps the transfer of the next. A rank's outgoing link carries one message at a time: piece ``k`` starts on the emulated wire when
-piece ``k-1`` has left (``bytes / rate`` each), and arrives one latency later. Incoming messages are paced
-the same way on the receiving link (links are full duplex), assuming the left neighbour runs the same
-schedule, as the communicator's ``recv`` already does. A step therefore costs one message's time, not two.
+step), so decoding and encoding one piece overlaps the transfer of the next. A rank's outgoing link carries
+one message at a time (a :class:`~farsync.comm.link.LinkLane` of the communicator's emulator): piece ``k``
+starts on the emulated wire when piece ``k-1`` has left (``bytes / rate`` each), and arrives one latency
+later. Incoming messages are paced the same way on the receiving link (links are full duplex), assuming the
+left neighbour runs the same schedule, as the communicator's ``recv`` already does. A step therefore costs
+one message's time, not two.
 
 Failure: a peer that dies makes ``wait()`` raise; the ring does not retry (the elastic layer rebuilds the
 group and the round is redone).
@@ -42,14 +44,12 @@ from typing import Literal
 
 import torch
 
-from farsync.collectives.ring_codecs import BlockwiseCodec, WireCodec, make_codec
 from farsync.comm.communicator import Communicator, Handle
+from farsync.compress.codecs import BlockwiseCodec, WireCodec, make_codec
 
-__all__ = ["RING_KINDS", "quantized_ring_all_reduce", "ring_bytes_sent", "ring_chunks"]
+__all__ = ["quantized_ring_all_reduce", "ring_bytes_sent", "ring_chunks"]
 
 logger = logging.getLogger(__name__)
-
-RING_KINDS = ("fp32", "int8", "int4", "fp16", "bf16", "uint8_lookup")
 
 
 def ring_chunks(numel: int, world_size: int, block_size: int, num_pieces: int) -> list[list[tuple[int, int]]]:
@@ -87,24 +87,6 @@ def ring_bytes_sent(numel: int, rank: int, world_size: int, codec: WireCodec, nu
     )
 
 
-class _LinkPacer:
-    """Serialises messages on one direction of an emulated link (see the module docstring)."""
-
-    def __init__(self, comm: Communicator) -> None:
-        self.comm = comm
-        self.free_at = float("-inf")
-
-    def pace(self, handle: Handle[torch.Tensor], num_bytes: int, *, arriving: bool) -> None:
-        link = self.comm.link
-        if link is None:
-            return
-        wire_s = num_bytes / link.bytes_per_s
-        start = max(handle.start, self.free_at)
-        self.free_at = start + wire_s
-        handle.start = start
-        handle.modeled_s = wire_s + (link.latency_s if arriving else 0.0)
-
-
 @dataclass
 class _InFlight:
     handle: Handle[torch.Tensor]
@@ -119,7 +101,7 @@ _Step = tuple[int, int, Callable[[int, int], torch.Tensor], Callable[[int, int, 
 
 
 class _Ring:
-    """One ring all-reduce in progress: the chunk layout, the two pacers and the posted messages."""
+    """One ring all-reduce in progress: the chunk layout, the two link lanes and the posted messages."""
 
     def __init__(
         self, comm: Communicator, numel: int, codec: WireCodec, num_pieces: int, device: torch.device
@@ -127,7 +109,7 @@ class _Ring:
         self.comm, self.codec, self.num_pieces, self.device = comm, codec, num_pieces, device
         self.n, self.rank = comm.world_size, comm.rank
         self.chunks = ring_chunks(numel, self.n, codec.block_size, num_pieces)
-        self.outgoing, self.incoming = _LinkPacer(comm), _LinkPacer(comm)
+        self.outgoing, self.incoming = comm.emulator.lane(), comm.emulator.lane()
         self.sends: list[Handle[torch.Tensor]] = []
 
     def run(self, steps: list[_Step]) -> None:
@@ -195,9 +177,10 @@ def quantized_ring_all_reduce(
     Args:
         comm: communicator over the ring's group; every member calls this with the same ``numel`` and codec.
         vector: this rank's values (any shape; returned with the same shape, float32). Not modified.
-        bits: 8 or 4 (blockwise absmax codes), or a codec kind name from :data:`RING_KINDS`.
+        bits: 8 or 4 (blockwise absmax codes), or a codec kind name from
+            :data:`~farsync.compress.codecs.CODEC_KINDS`.
         block_size: values per quantization block (int8, int4 and fp16).
-        codec: an explicit :class:`~farsync.collectives.ring_codecs.WireCodec`; overrides ``bits``.
+        codec: an explicit :class:`~farsync.compress.codecs.WireCodec`; overrides ``bits``.
         op: ``"avg"`` divides the sum by the group size.
         num_pieces: pieces per chunk for pipelining (1 gives the textbook ring).
 

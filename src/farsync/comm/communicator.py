@@ -1,5 +1,5 @@
 """The communicator: collectives over an explicit process group, each one charged to the byte ledger and
-paced by the WAN emulator.
+paced by the WAN emulator (:class:`~farsync.comm.link.LinkEmulator`, ``Communicator.emulator``).
 
 Only this package talks to the network. Every call takes the group it was built with (never the implicit
 default group), so the elastic layer can build a new group per membership and hand out a new communicator.
@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 
 from farsync.comm.clock import Clock
-from farsync.comm.cost import Collective, LinkModel, wire_bytes, wire_time
+from farsync.comm.cost import Collective, LinkModel
 from farsync.comm.ledger import ByteLedger
+from farsync.comm.link import LinkEmulator
 
 __all__ = ["Communicator", "Handle"]
 
@@ -47,17 +48,14 @@ class Handle(Generic[T]):
     def wait(self) -> T:
         if self._done:
             return self._value  # type: ignore[return-value]
-        clock = self.communicator.clock
-        begin = clock.now()
+        emulator = self.communicator.emulator
+        begin = emulator.clock.now()
         if self.work is not None:
             self.work.wait()
-        clock.wait_until(self.start + self.modeled_s)
+        emulator.wait_until(self.start + self.modeled_s)
         self._value = self.result()
         self._done = True
-        if clock.is_owner():  # time a background sync thread spends waiting is not the trainer's wait
-            self.communicator.ledger.record_blocked(
-                self.communicator.channel, self.collective.value, clock.now() - begin
-            )
+        emulator.blocked_since(begin, self.collective.value)
         return self._value
 
     def is_completed(self) -> bool:
@@ -102,26 +100,16 @@ class Communicator:
         self.clock = clock if clock is not None else Clock("off")
         self.link = link
         self.channel = channel
+        self.emulator = LinkEmulator(link, self.clock, self.ledger, channel, world_size)
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _charge(self, collective: Collective, payload: int) -> tuple[float, float]:
-        sent = wire_bytes(collective, payload, self.world_size)
-        modeled = wire_time(collective, payload, self.world_size, self.link) if self.link is not None else 0.0
-        # A received message's link time is the sender's send; the ledger counts it once, on the send.
-        self.ledger.record_call(
-            self.channel, collective.value, payload, sent, 0.0 if collective is Collective.RECV else modeled
-        )
-        return self.clock.now(), modeled
-
     def _handle(self, work: Any, result: Callable[[], T], collective: Collective, payload: int) -> Handle[T]:
-        start, modeled = self._charge(collective, payload)
+        start, modeled = self.emulator.charge(collective, payload)
         return Handle(work, result, start, modeled, self, collective)
 
     def modeled_time(self, collective: Collective, payload_bytes: int) -> float:
         """What ``collective`` over ``payload_bytes`` would take on this group's link (0 without a link)."""
-        if self.link is None:
-            return 0.0
-        return wire_time(collective, payload_bytes, self.world_size, self.link)
+        return self.emulator.modeled_time(collective, payload_bytes)
 
     # ------------------------------------------------------------------------------------- collectives
     def all_reduce(self, tensor: torch.Tensor, op: Literal["sum", "avg"] = "avg") -> Handle[torch.Tensor]:

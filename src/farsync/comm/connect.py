@@ -23,13 +23,19 @@ __all__ = ["connect"]
 def connect(
     *,
     device: torch.device | None = None,
-    bandwidth: str | None = None,
-    latency: str = "0ms",
+    bandwidth: str | float | None = None,
+    latency: str | float = 0.0,
     emulation: str = "sleep",
     timeout_s: float = 300.0,
 ) -> Communicator:
-    """Joins the torchrun job (or stands alone). ``bandwidth`` (e.g. "100Mbit") turns on link emulation."""
-    link = LinkModel(parse_bandwidth(bandwidth), parse_duration(latency)) if bandwidth else None
+    """Joins the torchrun job (or stands alone).
+
+    ``bandwidth`` (bits/s, or a string such as "100Mbit") turns on link emulation with ``latency`` (seconds,
+    or a string such as "20ms"); both are read by the config's parsers, so they accept what the config does.
+    """
+    link = None
+    if bandwidth is not None:
+        link = LinkModel(parse_bandwidth(bandwidth, "bandwidth"), parse_duration(latency, "latency"))
     clock = Clock(emulation if link is not None else "off")  # type: ignore[arg-type]
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Communicator(None, 0, 1, clock=clock, link=link)

@@ -1,48 +1,92 @@
-"""Pseudo-gradient compressors: pure encode/decode, no network.
+"""Compression of pseudo-gradients: pure encode/decode, no network.
 
-Every compressor implements :class:`Compressor` (``encode(name, tensor) -> Encoded``, ``decode(encoded)``).
-Cross-cutting behaviour is a wrapper (:class:`ErrorFeedback`) or a composition (:class:`Chain`); pure
-functions used by the collectives in ``comm/`` are exported alongside.
+One stack, used by every collective that compresses:
+
+* :mod:`~farsync.compress.codecs`: the one codec interface, :class:`WireCodec` (a float32 vector to one
+  ``uint8`` message of exactly :meth:`~WireCodec.num_bytes` bytes and back), and a codec per value format;
+* :mod:`~farsync.compress.lowrank`: PowerSGD's factors and the one low-rank message layout;
+* :mod:`~farsync.compress.residuals`: the one error-feedback residual store;
+* :mod:`~farsync.compress.adaptive`: the one planner of rank and factor width (DiLoCoX);
+* :mod:`~farsync.compress.kinds`: the compression kinds and the codec each puts on the wire.
+
+The numeric kernels (blockwise quantization, the INTELLECT-1 lookup table, top-k counts) are exported
+alongside.
 """
 
-from farsync.compress.adaptive import CompressionPlan, energy_rank, estimate_lowrank_bytes, plan_compression
-from farsync.compress.base import Compressor, Encoded, Identity
-from farsync.compress.cast import Cast
-from farsync.compress.compose import Chain
-from farsync.compress.error_feedback import ErrorFeedback
-from farsync.compress.factory import KINDS, build_compressor
-from farsync.compress.intellect import Uint8Lookup, uint8_lookup_decode, uint8_lookup_encode
-from farsync.compress.lowrank import LowRank, effective_rank, initial_q, matrix_view, orthogonalize
+from farsync.compress.adaptive import (
+    CompressionPlan,
+    energy_rank,
+    estimate_lowrank_bytes,
+    fit_rank_and_bits,
+    max_energy_rank,
+    plan_compression,
+)
+from farsync.compress.codecs import (
+    CODEC_KINDS,
+    Bf16Codec,
+    BlockwiseCodec,
+    Fp32Codec,
+    ScaledHalfCodec,
+    TopKCodec,
+    Uint8LookupCodec,
+    WireCodec,
+    as_bytes,
+    from_bytes,
+    make_codec,
+)
+from farsync.compress.intellect import uint8_lookup_decode, uint8_lookup_encode
+from farsync.compress.kinds import KINDS, wire_codec
+from farsync.compress.lowrank import (
+    FACTOR_BITS,
+    LowRankCodec,
+    WarmStart,
+    effective_rank,
+    factor_codec,
+    initial_q,
+    lowrank_message_bytes,
+    lowrank_sizes,
+    matrix_view,
+    orthogonalize,
+)
 from farsync.compress.quantize import (
-    BlockQuantize,
     dequantize_blockwise,
     pack_int4,
     quantize_blockwise,
     quantized_num_bytes,
     unpack_int4,
 )
-from farsync.compress.topk import TopK, topk_count
+from farsync.compress.residuals import Residuals
+from farsync.compress.topk import topk_count
 
 __all__ = [
+    "CODEC_KINDS",
+    "FACTOR_BITS",
     "KINDS",
-    "BlockQuantize",
-    "Cast",
-    "Chain",
+    "Bf16Codec",
+    "BlockwiseCodec",
     "CompressionPlan",
-    "Compressor",
-    "Encoded",
-    "ErrorFeedback",
-    "Identity",
-    "LowRank",
-    "TopK",
-    "Uint8Lookup",
-    "build_compressor",
+    "Fp32Codec",
+    "LowRankCodec",
+    "Residuals",
+    "ScaledHalfCodec",
+    "TopKCodec",
+    "Uint8LookupCodec",
+    "WarmStart",
+    "WireCodec",
+    "as_bytes",
     "dequantize_blockwise",
     "effective_rank",
     "energy_rank",
     "estimate_lowrank_bytes",
+    "factor_codec",
+    "fit_rank_and_bits",
+    "from_bytes",
     "initial_q",
+    "lowrank_message_bytes",
+    "lowrank_sizes",
+    "make_codec",
     "matrix_view",
+    "max_energy_rank",
     "orthogonalize",
     "pack_int4",
     "plan_compression",
@@ -52,4 +96,5 @@ __all__ = [
     "uint8_lookup_decode",
     "uint8_lookup_encode",
     "unpack_int4",
+    "wire_codec",
 ]

@@ -1,4 +1,4 @@
-"""Adaptive choice of low-rank rank and factor bit width, after DiLoCoX.
+"""The one adaptive planner: the low-rank rank and factor bit width that fit a byte budget, after DiLoCoX.
 
 Qi et al. 2025, "DiLoCoX: A Low-Communication Large-Scale Training Framework for Decentralized Cluster"
 (arXiv 2506.21263) combine low-rank compression with quantization of the pseudo-gradient and adapt the
@@ -6,36 +6,44 @@ compression as training goes. This module is the pure planning part, in that spi
 and the bit-width search below are this package's rules, not a transcription of the paper's:
 
 * :func:`energy_rank` picks the smallest rank whose squared singular values hold ``energy_fraction`` of the
-  squared Frobenius norm.
-* :func:`plan_compression` takes the **maximum** of that rank over all matrix-shaped tensors, so every
-  tensor keeps at least the requested energy (the mean would under-serve the least compressible layers),
-  then picks the widest bit width in ``allowed_bits`` whose estimated message fits ``bytes_budget``. If none
-  fits, it halves the rank at the narrowest width until the message fits or the rank is 1; a plan that still
-  does not fit is returned anyway (``estimated_bytes > bytes_budget``) and logged as a warning.
+  squared Frobenius norm; :func:`max_energy_rank` takes the **maximum** over all matrix-shaped tensors, so
+  every tensor keeps at least the requested energy (the mean would under-serve the least compressible
+  layers).
+* :func:`fit_rank_and_bits` picks the widest bit width whose message fits the budget. If none fits, it
+  halves the rank at the narrowest width until the message fits or the rank reaches ``min_rank`` (1 unless
+  the caller sets a quality floor); a plan that still does not fit is returned anyway
+  (``estimated_bytes > budget``) and logged as a warning.
 
-The estimate (:func:`estimate_lowrank_bytes`) counts, per matrix, P and Q at ``bits`` (16: fp16; 8 and 4:
-blockwise codes plus one float32 scale per block of each factor; 32: fp32) and tensors with ``ndim < 2`` at
-fp32. It is exact for ``Chain(LowRank(rank), Cast or BlockQuantize, only_keys=("p", "q"))``, the
-compressor :func:`~farsync.compress.factory.build_compressor` makes for kind ``"lowrank_quantized"``.
+:func:`plan_compression` is both steps for one worker's pseudo-gradient. The adaptive low-rank reducer
+(:mod:`farsync.reducers.adaptive_lowrank`) runs the same two steps with an agreement between workers in
+between and its message's exact size. Sizes are those of the one low-rank message layout
+(:func:`~farsync.compress.lowrank.lowrank_message_bytes`), so a plan's ``estimated_bytes`` is what the
+factors and fp32 vectors occupy on the wire.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from farsync.compress.lowrank import effective_rank, matrix_view
-from farsync.compress.quantize import quantized_num_bytes
+from farsync.compress.lowrank import FACTOR_BITS, factor_codec, lowrank_message_bytes, matrix_view
 
-__all__ = ["CompressionPlan", "energy_rank", "estimate_lowrank_bytes", "plan_compression"]
+__all__ = [
+    "CompressionPlan",
+    "energy_rank",
+    "estimate_lowrank_bytes",
+    "fit_rank_and_bits",
+    "max_energy_rank",
+    "plan_compression",
+]
 
 logger = logging.getLogger(__name__)
 
-_SUPPORTED_BITS = (4, 8, 16, 32)
+MessageSize = Callable[[int, int], int]
+"""``size(rank, bits) -> bytes`` of the message a plan would send."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,9 @@ class CompressionPlan:
     rank: int
     """Low-rank rank requested for every matrix (each capped at min(rows, cols))."""
     bits: int
-    """Width of the P and Q factors: 32, 16 (fp16), 8 or 4 (blockwise quantized)."""
+    """Width of the P and Q factors: 32, 16 (block-scaled fp16), 8 or 4 (blockwise quantized)."""
     estimated_bytes: int
-    """Estimated bytes of the whole message (see :func:`estimate_lowrank_bytes`)."""
+    """Bytes of the whole message at this rank and width."""
 
 
 def energy_rank(matrix: torch.Tensor, energy_fraction: float, max_rank: int) -> int:
@@ -71,32 +79,51 @@ def energy_rank(matrix: torch.Tensor, energy_fraction: float, max_rank: int) -> 
     return max(1, min(rank, max_rank))
 
 
-def _factor_bytes(numel: int, bits: int, block_size: int) -> int:
-    if bits in (4, 8):
-        return quantized_num_bytes(numel, bits, block_size)
-    return numel * bits // 8
+def max_energy_rank(named: Mapping[str, torch.Tensor], energy_fraction: float, max_rank: int) -> int:
+    """The largest :func:`energy_rank` over the non-empty tensors with ``ndim >= 2`` (1 if there are none)."""
+    matrices = [t for t in named.values() if t.ndim >= 2 and t.numel() > 0]
+    return max((energy_rank(m, energy_fraction, max_rank) for m in matrices), default=1)
 
 
 def estimate_lowrank_bytes(
     shapes: Iterable[torch.Size], rank: int, bits: int, *, block_size: int = 64
 ) -> int:
-    """Bytes of one low-rank message: P, Q per matrix at ``bits``; ``ndim < 2`` tensors at fp32."""
-    if bits not in _SUPPORTED_BITS:
-        raise ValueError(f"bits={bits} is not supported; allowed: {_SUPPORTED_BITS}")
-    total = 0
-    for shape in shapes:
-        if len(shape) < 2:
-            total += 4 * math.prod(shape)
-            continue
-        rows, cols = shape[0], math.prod(shape[1:])
-        factor_rank = effective_rank(rows, cols, rank)
-        total += _factor_bytes(rows * factor_rank, bits, block_size)
-        total += _factor_bytes(cols * factor_rank, bits, block_size)
-    return total
+    """Bytes of one low-rank message at ``rank`` with factors at ``bits`` (``ndim < 2`` tensors at fp32)."""
+    return lowrank_message_bytes(shapes, rank, factor_codec(bits, block_size))
+
+
+def fit_rank_and_bits(
+    size: MessageSize, rank: int, budget: float, allowed_bits: Iterable[int], *, min_rank: int = 1
+) -> CompressionPlan:
+    """The widest of ``allowed_bits`` at ``rank`` whose ``size`` fits ``budget``, else a halved rank at the
+    narrowest width, never below ``min_rank`` (a quality floor; module docstring). Deterministic."""
+    widths = sorted(set(allowed_bits), reverse=True)
+    if not widths or any(bits not in FACTOR_BITS for bits in widths):
+        raise ValueError(f"allowed_bits={tuple(allowed_bits)} must be a non-empty subset of {FACTOR_BITS}")
+    if not 1 <= min_rank <= rank:
+        raise ValueError(f"min_rank={min_rank} must be in [1, rank={rank}]")
+    for bits in widths:
+        estimate = size(rank, bits)
+        if estimate <= budget:
+            return CompressionPlan(rank=rank, bits=bits, estimated_bytes=estimate)
+    narrowest = widths[-1]
+    estimate = size(rank, narrowest)
+    while estimate > budget and rank > min_rank:
+        rank = max(min_rank, rank // 2)
+        estimate = size(rank, narrowest)
+    if estimate > budget:
+        logger.warning(
+            "no rank/bits fits the budget of %.0f bytes; sending %d bytes at rank %d, %d bits",
+            budget,
+            estimate,
+            rank,
+            narrowest,
+        )
+    return CompressionPlan(rank=rank, bits=narrowest, estimated_bytes=estimate)
 
 
 def plan_compression(
-    pseudo_gradient: dict[str, torch.Tensor],
+    pseudo_gradient: Mapping[str, torch.Tensor],
     *,
     energy_fraction: float,
     bytes_budget: float,
@@ -105,23 +132,12 @@ def plan_compression(
     block_size: int = 64,
 ) -> CompressionPlan:
     """Choose rank and factor width for ``pseudo_gradient`` (see module docstring). Deterministic."""
-    if not allowed_bits or any(bits not in _SUPPORTED_BITS for bits in allowed_bits):
-        raise ValueError(f"allowed_bits={allowed_bits} must be a non-empty subset of {_SUPPORTED_BITS}")
     if bytes_budget <= 0:
         raise ValueError(f"bytes_budget={bytes_budget} must be > 0")
-    matrices = [t for t in pseudo_gradient.values() if t.ndim >= 2]
-    rank = max((energy_rank(m, energy_fraction, max_rank) for m in matrices), default=1)
+    rank = max_energy_rank(pseudo_gradient, energy_fraction, max_rank)
     shapes = [t.shape for t in pseudo_gradient.values()]
-    widths = sorted(set(allowed_bits), reverse=True)
-    for bits in widths:
-        estimate = estimate_lowrank_bytes(shapes, rank, bits, block_size=block_size)
-        if estimate <= bytes_budget:
-            return CompressionPlan(rank=rank, bits=bits, estimated_bytes=estimate)
-    narrowest = widths[-1]
-    estimate = estimate_lowrank_bytes(shapes, rank, narrowest, block_size=block_size)
-    while estimate > bytes_budget and rank > 1:
-        rank = max(1, rank // 2)
-        estimate = estimate_lowrank_bytes(shapes, rank, narrowest, block_size=block_size)
-    if estimate > bytes_budget:
-        logger.warning("no plan fits bytes_budget=%s; sending %d bytes at rank 1", bytes_budget, estimate)
-    return CompressionPlan(rank=rank, bits=narrowest, estimated_bytes=estimate)
+
+    def size(rank: int, bits: int) -> int:
+        return estimate_lowrank_bytes(shapes, rank, bits, block_size=block_size)
+
+    return fit_rank_and_bits(size, rank, bytes_budget, allowed_bits)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from farsync.compress.base import Compressor, Encoded
-
-__all__ = ["Uint8Lookup", "uint8_lookup_decode", "uint8_lookup_encode"]
+__all__ = ["uint8_lookup_decode", "uint8_lookup_encode"]
 
 _NUM_BINS = 256
 _RANGE_IN_STD = 6.0
@@ -53,17 +51,3 @@ def uint8_lookup_encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def uint8_lookup_decode(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Decode: ``table[codes]`` as float32 (1-D)."""
     return table.to(torch.float32)[codes.to(torch.int64)]
-
-
-class Uint8Lookup(Compressor):
-    """INTELLECT-1 uint8 + lookup-table compressor. Payload: ``codes`` uint8[n], ``table`` float32[256]."""
-
-    name = "uint8_lookup"
-
-    def encode(self, name: str, tensor: torch.Tensor) -> Encoded:
-        codes, table = uint8_lookup_encode(tensor)
-        return Encoded(payload={"codes": codes, "table": table}, shape=tensor.shape, dtype=tensor.dtype)
-
-    def decode(self, encoded: Encoded) -> torch.Tensor:
-        values = uint8_lookup_decode(encoded.payload["codes"], encoded.payload["table"])
-        return values.reshape(encoded.shape)

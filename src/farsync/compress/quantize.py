@@ -26,10 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from farsync.compress.base import Compressor, Encoded
-
 __all__ = [
-    "BlockQuantize",
     "dequantize_blockwise",
     "pack_int4",
     "quantize_blockwise",
@@ -111,24 +108,3 @@ def dequantize_blockwise(
     padded = F.pad(integers.to(torch.float32), (0, num_blocks * block_size - numel))
     values = padded.view(num_blocks, block_size) * scales.to(torch.float32)[:, None]
     return values.reshape(-1)[:numel]
-
-
-class BlockQuantize(Compressor):
-    """Blockwise absmax int8/int4 quantization. Payload: ``codes`` and ``scales`` (see module docstring)."""
-
-    def __init__(self, bits: int, block_size: int = 64) -> None:
-        _check(bits, block_size)
-        self.bits = bits
-        self.block_size = block_size
-        self.name = f"int{bits}"
-
-    def encode(self, name: str, tensor: torch.Tensor) -> Encoded:
-        codes, scales = quantize_blockwise(tensor.reshape(-1), self.bits, self.block_size)
-        return Encoded(payload={"codes": codes, "scales": scales}, shape=tensor.shape, dtype=tensor.dtype)
-
-    def decode(self, encoded: Encoded) -> torch.Tensor:
-        numel = math.prod(encoded.shape)
-        values = dequantize_blockwise(
-            encoded.payload["codes"], encoded.payload["scales"], self.bits, self.block_size, numel
-        )
-        return values.reshape(encoded.shape)

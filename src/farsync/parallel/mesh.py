@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from farsync.comm.cost import LinkModel
 from farsync.comm.groups import make_group
-from farsync.config import NetworkConfig, parse_bandwidth
+from farsync.config import NetworkConfig
 
 if TYPE_CHECKING:  # torch.distributed re-exports Store only at runtime; the stub lives in torch._C
     from torch._C._distributed_c10d import Store
@@ -117,4 +117,4 @@ def intra_link(network: NetworkConfig) -> LinkModel | None:
     """The link inside a replica (``network.intra_bandwidth``, no added latency); ``None`` when emulation is off."""
     if network.emulation == "off":
         return None
-    return LinkModel(bandwidth_bps=parse_bandwidth(network.intra_bandwidth, "network.intra_bandwidth"))
+    return LinkModel(bandwidth_bps=network.intra_bandwidth)

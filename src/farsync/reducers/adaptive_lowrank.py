@@ -13,8 +13,9 @@ Every round :class:`AdaptiveLowRankReducer`:
    worker runs the same collective;
 3. picks the widest factor width among 16, 8, 4 (no wider than ``compression.bits``) whose exact message
    size (:meth:`AdaptiveLowRankReducer.message_bytes`) fits the budget; if none fits it halves the rank at
-   the narrowest width until it fits or the rank is 1 (then it sends anyway and logs a warning), the same
-   search as :func:`farsync.compress.plan_compression`, but on this reducer's exact wire format;
+   the narrowest width until it fits or the rank is 1 (then it sends anyway and logs a warning): steps 1
+   and 3 are the one planner, :func:`farsync.compress.max_energy_rank` and
+   :func:`farsync.compress.fit_rank_and_bits`;
 4. runs the low-rank all-reduce (:mod:`farsync.collectives.lowrank_allreduce`) at that rank and width.
 
 Time budget to bytes: ``time_budget_s`` is settable; the algorithm sets it before each sync to H times the
@@ -32,15 +33,13 @@ Metrics per round: ``compression_rank``, ``compression_bits``, ``compressed_byte
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
 
-from farsync.collectives.lowrank_allreduce import factor_codec
 from farsync.comm.communicator import Communicator
-from farsync.compress.adaptive import energy_rank
-from farsync.compress.lowrank import effective_rank
+from farsync.compress.adaptive import fit_rank_and_bits, max_energy_rank
+from farsync.compress.lowrank import factor_codec, lowrank_message_bytes
 from farsync.config import CompressionConfig
 from farsync.reducers.base import Reducer
 from farsync.reducers.compressed import LowRankReducer, left_out_if_not_finite
@@ -80,17 +79,7 @@ class AdaptiveLowRankReducer(LowRankReducer):
     def message_bytes(self, shapes: list[torch.Size], rank: int, bits: int) -> int:
         """Exact bytes of one worker's message for tensors of ``shapes`` at ``rank`` and ``bits``."""
         codec = factor_codec(bits, self.compression.block_size)
-        p_numel = q_numel = 0
-        dense = 1  # the weight
-        for shape in shapes:
-            numel = math.prod(shape)
-            if len(shape) < 2 or numel == 0:
-                dense += numel
-                continue
-            rows, cols = shape[0], numel // shape[0]
-            r = effective_rank(rows, cols, rank)
-            p_numel, q_numel = p_numel + rows * r, q_numel + cols * r
-        return codec.num_bytes(p_numel) + codec.num_bytes(q_numel) + 4 * dense
+        return lowrank_message_bytes(shapes, rank, codec) + 4  # the weight rides along in fp32
 
     def bytes_budget(self, shapes: list[torch.Size]) -> float:
         """This worker's byte budget for one message (see the module docstring)."""
@@ -107,27 +96,18 @@ class AdaptiveLowRankReducer(LowRankReducer):
 
     # ------------------------------------------------------------------------------------------ plan
     def plan(self, corrected: dict[str, torch.Tensor]) -> tuple[int, int, float]:
-        """``(rank, bits, agreed byte budget)`` for this round; the same on every worker."""
-        matrices = [t for t in corrected.values() if t.ndim >= 2 and t.numel() > 0]
-        energy = self.compression.energy_fraction
-        local_rank = max((energy_rank(m, energy, self.compression.rank) for m in matrices), default=1)
+        """``(rank, bits, agreed byte budget)`` for this round; the same on every worker.
+
+        The one planner of :mod:`farsync.compress.adaptive`, with the workers' agreement between its two
+        steps and this reducer's exact message size.
+        """
+        local_rank = max_energy_rank(corrected, self.compression.energy_fraction, self.compression.rank)
         shapes = [t.shape for t in corrected.values()]
         rank, budget = self._agree(local_rank, self.bytes_budget(shapes))
-        for bits in self.widths:
-            if self.message_bytes(shapes, rank, bits) <= budget:
-                return rank, bits, budget
-        bits = self.widths[-1]
-        while rank > 1 and self.message_bytes(shapes, rank, bits) > budget:
-            rank = max(1, rank // 2)
-        if self.message_bytes(shapes, rank, bits) > budget:
-            logger.warning(
-                "worker %d: no rank/bits fits the budget of %.0f bytes; sending %d bytes at rank 1, %d bits",
-                self.comm.rank,
-                budget,
-                self.message_bytes(shapes, rank, bits),
-                bits,
-            )
-        return rank, bits, budget
+        plan = fit_rank_and_bits(
+            lambda rank, bits: self.message_bytes(shapes, rank, bits), rank, budget, self.widths
+        )
+        return plan.rank, plan.bits, budget
 
     def _agree(self, local_rank: int, budget: float) -> tuple[int, float]:
         """Largest rank and smallest budget over the group (fp64, so byte budgets stay exact)."""

@@ -9,11 +9,15 @@
 ===================  ==========================================================  =============================
 int8, int4           :class:`RingReducer`: quantized ring all-reduce, fp32 sums  ``~2(n-1)/n x`` encoded size
 fp16, bf16           :class:`RingReducer` with the block-scaled fp16 / bf16 codec ``~2(n-1)/n x`` encoded size
-uint8_lookup, topk   :class:`GatherReducer`: all-gather of encoded payloads      ``(n-1) x`` payload
+uint8_lookup, topk   :class:`GatherReducer`: all-gather of encoded messages      ``(n-1) x`` message
 lowrank              :class:`LowRankReducer`: PowerSGD P/Q all-reduce, factors   ``~2(n-1)/n x`` P, Q, 1-D
                      at ``compression.bits`` (16: fp16, 8/4: blockwise)
 adaptive = true      :class:`~farsync.reducers.adaptive_lowrank.AdaptiveLowRankReducer` (DiLoCoX)
 ===================  ==========================================================  =============================
+
+Every kind's encoding is :func:`farsync.compress.wire_codec` (its values' codec, or its factors' for
+``lowrank``); a summable codec goes through the ring, the others through the all-gather. The robust
+reducer (:mod:`farsync.reducers.robust`) puts the same codec on the wire for the same kind.
 
 Weights: every reducer returns ``sum_i w_i u_i / sum_i w_i``; a worker with weight 0 is left out (it sends
 zeros that count for nothing). In the ring the weights travel in one extra quantization block holding
@@ -21,7 +25,7 @@ zeros that count for nothing). In the ring the weights travel in one extra quant
 A worker whose update holds NaN or Inf is left out the same way, with a warning naming it.
 
 fp16 sums can overflow (65504): the fp16 ring codec scales every block by its absmax, and the ring adds in
-fp32, so no partial sum is ever cast to fp16 unscaled (see :mod:`farsync.collectives.ring_codecs`).
+fp32, so no partial sum is ever cast to fp16 unscaled (see :mod:`farsync.compress.codecs`).
 
 Error feedback (``compression.error_feedback``): each worker keeps a residual per parameter name
 (:class:`~farsync.compress.residuals.Residuals`, in ``state_dict``). Ring reducers first round-trip the
@@ -37,7 +41,6 @@ worker's encoded message) and ``compression_bytes_sent`` (its wire bytes in the 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from typing import Any
@@ -46,12 +49,10 @@ import torch
 
 from farsync.collectives.lowrank_allreduce import LowRankAllReduce
 from farsync.collectives.quantized_ring import quantized_ring_all_reduce
-from farsync.collectives.ring_codecs import WireCodec, as_bytes, from_bytes, make_codec
 from farsync.comm.communicator import Communicator
-from farsync.compress.base import Compressor, Encoded, Identity
-from farsync.compress.intellect import Uint8Lookup
+from farsync.compress.codecs import Fp32Codec, WireCodec, as_bytes, from_bytes
+from farsync.compress.kinds import wire_codec
 from farsync.compress.residuals import Residuals
-from farsync.compress.topk import TopK
 from farsync.config import ConfigError, RunConfig
 from farsync.reducers.base import Reducer, flatten, unflatten
 
@@ -64,10 +65,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_RING_KINDS = ("int8", "int4", "fp16", "bf16")
-_GATHER_KINDS = ("uint8_lookup", "topk")
-_CODEC_BITS = {"int8": 8, "int4": 4, "fp16": 16, "bf16": 16, "fp32": 32}
 
 
 def left_out_if_not_finite(
@@ -138,15 +135,10 @@ class RingReducer(_CompressedReducer):
         vector = flatten(corrected) if corrected else torch.zeros(0)
         sent = self.codec.round_trip(vector) if self.residuals is not None else vector
         if self.residuals is not None:
-            lost = vector - sent if weight > 0 else vector
-            for name, residual in unflatten(lost, corrected).items():
-                self.residuals.store(name, residual)
+            self.residuals.keep_unsent(corrected, unflatten(sent, corrected) if weight > 0 else None)
         total, weight_sum = self._weighted_sum(sent, weight)
         mean = total / weight_sum if weight_sum > 0 else torch.zeros_like(total)
-        self._end(
-            compression_bits=_CODEC_BITS.get(self.codec.name, 8),
-            compressed_bytes=self.codec.num_bytes(vector.numel()),
-        )
+        self._end(compression_bits=self.codec.bits, compressed_bytes=self.codec.num_bytes(vector.numel()))
         return {name: t.clone() for name, t in unflatten(mean, named).items()}
 
     def _weighted_sum(self, values: torch.Tensor, weight: float) -> tuple[torch.Tensor, float]:
@@ -172,68 +164,61 @@ class RingReducer(_CompressedReducer):
 class GatherReducer(_CompressedReducer):
     """Weighted mean by all-gathering every worker's encoded update, then decoding and averaging locally.
 
-    For compressors whose encodings cannot be summed on the way (the INTELLECT-1 lookup table, top-k
-    indices). Message: ``weight`` float32, then every payload tensor of every parameter in order, as bytes.
-    For ``uint8_lookup`` a tensor is sent as fp32 when that is smaller than codes plus table.
+    For codecs whose messages cannot be summed on the way (``codec.summable`` false: the INTELLECT-1 lookup
+    table, top-k indices). Message: ``weight`` float32, then every parameter's message in order. A tensor is
+    sent as fp32 when that is no larger than its encoding (small tensors under ``uint8_lookup``'s table).
     """
 
     def __init__(
         self,
         comm: Communicator,
-        compressor: Compressor,
+        codec: WireCodec,
         *,
         inner: Reducer | None = None,
         error_feedback: bool = False,
     ) -> None:
         super().__init__(comm, inner, error_feedback)
-        self.compressor = compressor
-        self._identity = Identity()
+        self.codec = codec
+        self._fp32 = Fp32Codec()
 
-    def _codec_for(self, tensor: torch.Tensor) -> Compressor:
-        if isinstance(self.compressor, Uint8Lookup) and 4 * tensor.numel() <= tensor.numel() + 4 * 256:
-            return self._identity
-        return self.compressor
+    def _codec_for(self, numel: int) -> WireCodec:
+        return self._fp32 if self._fp32.num_bytes(numel) <= self.codec.num_bytes(numel) else self.codec
 
     def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
         self._begin()
         named, weight = left_out_if_not_finite(named, weight, self.comm.rank)
         corrected = self._corrected(named)
-        codecs = {name: self._codec_for(t) for name, t in corrected.items()}
-        encoded = {name: codecs[name].encode(name, t) for name, t in corrected.items()}
+        encoded = {name: self._codec_for(t.numel()).encode(t) for name, t in corrected.items()}
         if self.residuals is not None:
-            for name, value in corrected.items():
-                lost = value - codecs[name].decode(encoded[name]) if weight > 0 else value
-                self.residuals.store(name, lost)
+            sent = {name: self._decode_one(encoded[name], t) for name, t in corrected.items()}
+            self.residuals.keep_unsent(corrected, sent if weight > 0 else None)
         device = next(iter(corrected.values())).device if corrected else torch.device("cpu")
-        parts = [as_bytes(torch.tensor([weight], dtype=torch.float32, device=device))]
-        parts += [as_bytes(tensor) for enc in encoded.values() for tensor in enc.payload.values()]
-        message = torch.cat(parts)
+        weight_bytes = as_bytes(torch.tensor([weight], dtype=torch.float32, device=device))
+        message = torch.cat([weight_bytes, *encoded.values()])
         gathered = self.comm.all_gather(message).wait()
         totals = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in corrected.items()}
         weight_sum = 0.0
         for peer_message in gathered:  # rank order, the same on every worker
-            peer_weight, decoded = self._decode(peer_message, encoded, codecs)
+            peer_weight, decoded = self._decode(peer_message, corrected)
             weight_sum += peer_weight
             for name, value in decoded.items():
                 totals[name] += peer_weight * value
         scale = 1.0 / weight_sum if weight_sum > 0 else 0.0
-        self._end(
-            compression_bits=8 if isinstance(self.compressor, Uint8Lookup) else 32,
-            compressed_bytes=message.numel(),
-        )
+        self._end(compression_bits=self.codec.bits, compressed_bytes=message.numel())
         return {name: totals[name] * scale for name in named}
 
+    def _decode_one(self, message: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self._codec_for(like.numel()).decode(message, like.numel()).reshape(like.shape)
+
     def _decode(
-        self, message: torch.Tensor, local: dict[str, Encoded], codecs: dict[str, Compressor]
+        self, message: torch.Tensor, like: dict[str, torch.Tensor]
     ) -> tuple[float, dict[str, torch.Tensor]]:
         weight = float(from_bytes(message, 0, 1, torch.float32)[0])
         offset, decoded = 4, {}
-        for name, enc in local.items():
-            payload = {}
-            for key, like in enc.payload.items():
-                payload[key] = from_bytes(message, offset, like.numel(), like.dtype).reshape(like.shape)
-                offset += like.numel() * like.element_size()
-            decoded[name] = codecs[name].decode(dataclasses.replace(enc, payload=payload)).to(torch.float32)
+        for name, tensor in like.items():
+            size = self._codec_for(tensor.numel()).num_bytes(tensor.numel())
+            decoded[name] = self._decode_one(message[offset : offset + size], tensor)
+            offset += size
         return weight, decoded
 
 
@@ -301,12 +286,9 @@ def build_compressed_reducer(config: RunConfig, comm: Communicator, inner: Reduc
         from farsync.reducers.adaptive_lowrank import AdaptiveLowRankReducer
 
         return AdaptiveLowRankReducer(comm, compression, inner=inner)
-    if kind in _RING_KINDS:
-        codec = make_codec(kind, compression.block_size)
-        return RingReducer(comm, codec, inner=inner, error_feedback=ef)
-    if kind in _GATHER_KINDS:
-        compressor: Compressor = Uint8Lookup() if kind == "uint8_lookup" else TopK(compression.topk_fraction)
-        return GatherReducer(comm, compressor, inner=inner, error_feedback=ef)
+    if kind == "none":
+        logger.info("compression.kind = 'none': nothing to compress, keeping %s", type(inner).__name__)
+        return inner
     if kind == "lowrank":
         return LowRankReducer(
             comm,
@@ -316,5 +298,12 @@ def build_compressed_reducer(config: RunConfig, comm: Communicator, inner: Reduc
             inner=inner,
             error_feedback=ef,
         )
-    logger.info("compression.kind = %r: nothing to compress, keeping %s", kind, type(inner).__name__)
-    return inner
+    codec = wire_codec(
+        kind,
+        bits=compression.bits,
+        block_size=compression.block_size,
+        topk_fraction=compression.topk_fraction,
+    )
+    if codec.summable:
+        return RingReducer(comm, codec, inner=inner, error_feedback=ef)
+    return GatherReducer(comm, codec, inner=inner, error_feedback=ef)

@@ -34,16 +34,22 @@ different worker for its shard, so the result can mix workers; BTARD uses Center
 has no such selection step. When exclusions leave too few workers for Krum's ``n > 2f + 2``, ``f`` is
 lowered to the largest value allowed (the median for fewer than 3).
 
-Pre-aggregation and CenteredClip's radius: the owner applies ``aggregation.preaggregation`` (NNM or
-bucketing) before the rule, and with ``aggregation.adaptive_tau`` (default) the radius on each shard is
-``tau`` times a spread of the accepted shards (``aggregation.tau_scale``), recomputed every round, so one
-setting works for gradients and pseudo-gradients of any scale; see :mod:`farsync.reducers.shard_rule` and
-:mod:`farsync.aggregate.centered_clip`. Without it, ``tau`` is an absolute radius per shard.
+CenteredClip's radius: with ``aggregation.adaptive_tau`` (default) the radius on each shard is ``tau``
+times the median distance of the accepted shards to their coordinate-wise median, recomputed every round,
+so one setting works for gradients and pseudo-gradients of any scale; a minority of Byzantine workers
+cannot move that median far. Without it, ``tau`` is an absolute radius per shard.
 
-Compression: the robust rule must see decoded values, so this reducer replaces any compressed reducer
-built before it: each shard is encoded with the configured compressor for the all-to-all and decoded by
-its owner before the rule runs; the reduced shard is encoded again (without error feedback) for the
-all-gather. ``compression.adaptive`` is not applied here (the fixed ``compression.kind`` is used).
+Compression: the robust rule must see every worker's decoded values, so this reducer replaces any
+compressed reducer built before it, and puts the same encoding on the wire as that reducer would
+(:func:`farsync.compress.wire_codec`): each shard travels in the kind's codec for the all-to-all and is
+decoded by its owner before the rule runs, and the reduced shard travels in the same codec for the
+all-gather. ``compression.kind = "lowrank"`` cannot be sharded (a shard of P Q^T is not a shard of the
+factors), so each worker sends its own low-rank message (its P and Q at ``compression.bits`` in the factor
+codec, :class:`~farsync.compress.LowRankCodec`) over the gather path (:mod:`farsync.collectives.gather`) and
+every worker applies every owner's rule itself. Error feedback keeps, per parameter name
+(:class:`~farsync.compress.Residuals`), what this worker's encoding lost, and the worker declares the norm
+of its corrected update. ``compression.adaptive`` is not applied here (the fixed ``compression.kind`` is
+used).
 
 Failure and trust: a collective error raises from :meth:`RobustReducer.reduce` like any reducer. Owners are
 trusted to apply the rule honestly; BTARD's verification of the owners (random re-computation and
@@ -59,12 +65,17 @@ from typing import Any
 
 import torch
 
-from farsync.collectives.butterfly import ShardLayout, WireCodec, butterfly_reduce
+from farsync.aggregate import build_aggregator, krum, median, multi_krum, weighted_mean
+from farsync.aggregate.centered_clip import centered_clip
+from farsync.collectives.butterfly import ShardLayout, ShardRule, butterfly_reduce
+from farsync.collectives.gather import gather_shard_reduce
 from farsync.comm.communicator import Communicator
-from farsync.compress.base import Identity
-from farsync.config import AggregationConfig, RunConfig
+from farsync.compress.codecs import Fp32Codec, WireCodec
+from farsync.compress.kinds import wire_codec
+from farsync.compress.lowrank import LowRankCodec
+from farsync.compress.residuals import Residuals
+from farsync.config import AggregationConfig, CompressionConfig, RunConfig
 from farsync.reducers.base import Reducer, flatten, unflatten
-from farsync.reducers.shard_rule import ShardAggregator
 from farsync.reducers.validation import StrikeBook, UpdateSummary, check_summary
 
 __all__ = ["RobustReducer", "ShardAggregator", "build_robust_reducer"]
@@ -107,14 +118,56 @@ def _shape_signature(named: dict[str, torch.Tensor]) -> int:
     return zlib.crc32(text.encode())  # < 2**32, exact in float64
 
 
+class ShardAggregator:
+    """The configured rule applied to one owner's stack of shards, restricted to the accepted senders."""
+
+    def __init__(self, config: AggregationConfig, adaptive_tau: bool) -> None:
+        self.config = config
+        self.adaptive_tau = adaptive_tau
+        self._rule = build_aggregator(
+            config.rule, beta=config.beta, f=config.f, m=config.m, tau=config.tau, num_iters=config.num_iters
+        )
+
+    def __call__(self, stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Aggregate the rows of ``stack`` with positive ``weights`` (zeros when there are none)."""
+        keep = weights > 0
+        if not bool(keep.any()):
+            return stack.new_zeros(stack.shape[1])
+        rows, kept_weights = stack[keep], weights[keep]
+        rule, count = self.config.rule, int(keep.sum())
+        if rule == "mean":
+            return weighted_mean(rows, kept_weights)
+        if rule in ("krum", "multi_krum"):
+            f = min(self.config.f, (count - 3) // 2)
+            if f < 0:
+                return median(rows)
+            if rule == "krum":
+                return krum(rows, f)
+            return multi_krum(rows, f, min(self.config.m, count))
+        if rule == "centered_clip":
+            return self._centered_clip(rows)
+        return self._rule(rows)
+
+    def _centered_clip(self, rows: torch.Tensor) -> torch.Tensor:
+        start = median(rows)
+        tau = self.config.tau
+        if self.adaptive_tau:
+            spread = float(torch.linalg.vector_norm(rows - start, dim=1).median())
+            if spread <= 0:
+                return start
+            tau = self.config.tau * spread
+        return centered_clip(rows, tau=tau, num_iters=self.config.num_iters, init=start)
+
+
 class RobustReducer(Reducer):
     """Validated, shard-wise robust aggregation over the butterfly (see the module docstring).
 
     Args:
         comm: the group's communicator (real traffic: summaries, all-to-all, all-gather).
         config: the ``aggregation`` section (rule, its parameters, ``max_norm``, ``max_strikes``).
-        codec: wire encoding of the all-to-all shards (default fp32).
-        gather_codec: wire encoding of the reduced shards (default: ``codec``).
+        codec: wire encoding of the shards, both ways (default fp32); ignored with ``lowrank``.
+        lowrank: send each worker's own low-rank message over the gather path instead of shards.
+        error_feedback: keep what this worker's encoding lost for the next round (per parameter name).
     """
 
     def __init__(
@@ -123,41 +176,89 @@ class RobustReducer(Reducer):
         config: AggregationConfig,
         *,
         codec: WireCodec | None = None,
-        gather_codec: WireCodec | None = None,
+        lowrank: LowRankCodec | None = None,
+        error_feedback: bool = False,
     ) -> None:
         super().__init__(comm)
         self.config = config
         self.aggregator = ShardAggregator(config, adaptive_tau=config.adaptive_tau)
-        self.codec = codec if codec is not None else WireCodec()
-        self.gather_codec = gather_codec if gather_codec is not None else self.codec
+        self.codec = codec if codec is not None else Fp32Codec()
+        self.lowrank = lowrank
+        self.residuals: Residuals | None = Residuals() if error_feedback else None
         # Every worker keeps an identical book; one of them is enough in the log.
         self.strikes = StrikeBook(config.max_strikes, log=comm.rank == 0)
-        lossless = isinstance(self.codec.compressor, Identity)
+        lossless = lowrank is None and self.codec.lossless
         self.shard_slack = _SHARD_SLACK_EXACT if lossless else _SHARD_SLACK_LOSSY
         self.round = 0
         self.last_rejected: dict[int, str] = {}
 
     # ----------------------------------------------------------------------------------------- round
     def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
-        vector = flatten(named)
+        # With error feedback the worker contributes (and declares the norm of) its corrected update.
+        corrected = self.residuals.corrected(named) if self.residuals is not None else named
+        vector = flatten(corrected)
         summaries = self._gather_summaries(named, vector, weight)
         numel = self._consensus(summaries, 1)
         weights = self._screen(summaries, numel)
-        mine = vector if weights[self.comm.rank] > 0 else torch.zeros(numel)
         declared = summaries[:, 5]
 
         def owner_rule(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return self._owner_rule(stack, weights, declared)
 
         layout = ShardLayout(numel, self.comm.world_size)
-        result, verdicts = butterfly_reduce(
-            self.comm, mine, layout, owner_rule, codec=self.codec, gather_codec=self.gather_codec
-        )
+        accepted = bool(weights[self.comm.rank] > 0)
+        if self.lowrank is not None:
+            result, verdicts = self._gather_lowrank(corrected, accepted, layout, owner_rule)
+        else:
+            result, verdicts = self._butterfly(corrected, vector, accepted, layout, owner_rule)
         self._strike_flagged(verdicts)
         self.round += 1
         if vector.numel() == numel:
             return unflatten(result, named)
         return {"update": result}
+
+    # ------------------------------------------------------------------------------------ wire path
+    def _butterfly(
+        self,
+        corrected: dict[str, torch.Tensor],
+        vector: torch.Tensor,
+        accepted: bool,
+        layout: ShardLayout,
+        rule: ShardRule,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Shards in :attr:`codec` through the butterfly; a left-out worker sends zeros."""
+        mine = vector if accepted else torch.zeros(layout.numel)
+        result, verdicts = butterfly_reduce(self.comm, mine, layout, rule, codec=self.codec)
+        if self.residuals is not None:
+            sent = None
+            if accepted:
+                shards = [self.codec.round_trip(shard) for shard in layout.split(vector)]
+                sent = unflatten(layout.join(shards), corrected)
+            self.residuals.keep_unsent(corrected, sent)
+        return result, verdicts
+
+    def _gather_lowrank(
+        self, corrected: dict[str, torch.Tensor], accepted: bool, layout: ShardLayout, rule: ShardRule
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each worker's own low-rank message over the gather path; a left-out worker sends zeros."""
+        lowrank = self.lowrank
+        assert lowrank is not None
+        like = {name: t.shape for name, t in corrected.items()}
+        if accepted:
+            message = lowrank.encode(corrected)
+        else:  # zero bytes decode to zero factors in every factor codec; the warm start is left alone
+            message = torch.zeros(lowrank.num_bytes(like.values()), dtype=torch.uint8)
+
+        def decode(raw: torch.Tensor) -> torch.Tensor:
+            values = flatten(lowrank.decode(raw, like))
+            if values.numel() != layout.numel:
+                raise ValueError(f"decoded {values.numel()} values, the group agreed on {layout.numel}")
+            return values
+
+        result, verdicts = gather_shard_reduce(self.comm, message, decode, layout, rule)
+        if self.residuals is not None:
+            self.residuals.keep_unsent(corrected, lowrank.decode(message, like) if accepted else None)
+        return result, verdicts
 
     def _owner_rule(
         self, stack: torch.Tensor, weights: torch.Tensor, declared: torch.Tensor
@@ -248,7 +349,8 @@ class RobustReducer(Reducer):
         return {
             "round": self.round,
             "strikes": self.strikes.state_dict(),
-            "codec": self.codec.compressor.state_dict(),
+            "residuals": self.residuals.state_dict() if self.residuals is not None else {},
+            "lowrank": self.lowrank.state_dict() if self.lowrank is not None else {},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -256,34 +358,28 @@ class RobustReducer(Reducer):
             return
         self.round = int(state["round"])
         self.strikes.load_state_dict(state["strikes"])
-        self.codec.compressor.load_state_dict(state.get("codec", {}))
+        if self.residuals is not None:
+            self.residuals.load_state_dict(state.get("residuals", {}))
+        if self.lowrank is not None:
+            self.lowrank.load_state_dict(state.get("lowrank", {}))
 
 
-def _codecs(config: RunConfig) -> tuple[WireCodec, WireCodec]:
-    compression = config.compression
-    if compression.kind == "none":
-        return WireCodec(), WireCodec()
-    from farsync.compress.factory import build_compressor
-
+def _wire(compression: CompressionConfig) -> tuple[WireCodec, LowRankCodec | None]:
+    """The same encoding ``compression.kind`` has without robust aggregation (module docstring)."""
     if compression.adaptive:
         logger.warning(
             "robust aggregation uses the fixed compression.kind=%s; compression.adaptive is ignored",
             compression.kind,
         )
-
-    def make(error_feedback: bool) -> WireCodec:
-        return WireCodec(
-            build_compressor(
-                compression.kind,
-                bits=compression.bits,
-                rank=compression.rank,
-                topk_fraction=compression.topk_fraction,
-                block_size=compression.block_size,
-                error_feedback=error_feedback,
-            )
-        )
-
-    return make(compression.error_feedback), make(False)
+    codec = wire_codec(
+        compression.kind,
+        bits=compression.bits,
+        block_size=compression.block_size,
+        topk_fraction=compression.topk_fraction,
+    )
+    if compression.kind == "lowrank":
+        return codec, LowRankCodec(compression.rank, compression.bits, compression.block_size)
+    return codec, None
 
 
 def build_robust_reducer(config: RunConfig, comm: Communicator, inner: Reducer) -> Reducer:
@@ -292,5 +388,9 @@ def build_robust_reducer(config: RunConfig, comm: Communicator, inner: Reducer) 
         logger.info(
             "robust aggregation replaces %s; shards are compressed on the wire instead", type(inner).__name__
         )
-    codec, gather_codec = _codecs(config)
-    return RobustReducer(comm, config.aggregation, codec=codec, gather_codec=gather_codec)
+    compression = config.compression
+    codec, lowrank = _wire(compression)
+    error_feedback = compression.error_feedback and compression.kind != "none"
+    return RobustReducer(
+        comm, config.aggregation, codec=codec, lowrank=lowrank, error_feedback=error_feedback
+    )

@@ -17,7 +17,7 @@ from farsync.algorithms.base import Algorithm
 from farsync.algorithms.registry import algorithm_class
 from farsync.comm.communicator import Communicator
 from farsync.comm.cost import LinkModel
-from farsync.config import NetworkConfig, RunConfig, parse_bandwidth, parse_duration
+from farsync.config import NetworkConfig, RunConfig
 from farsync.reducers.base import MeanReducer, Reducer
 
 __all__ = ["ReducerWrapper", "build_algorithm", "build_reducer", "link_for_group"]
@@ -33,8 +33,8 @@ def link_for_group(network: NetworkConfig, members: list[int]) -> LinkModel | No
     """
     if network.emulation == "off":
         return None
-    rates = [parse_bandwidth(network.worker_bandwidth.get(str(m), network.bandwidth)) for m in members]
-    latencies = [parse_duration(network.worker_latency.get(str(m), network.latency)) for m in members]
+    rates = [network.worker_bandwidth.get(str(m), network.bandwidth) for m in members]
+    latencies = [network.worker_latency.get(str(m), network.latency) for m in members]
     return LinkModel(bandwidth_bps=min(rates), latency_s=max(latencies))
 
 
