@@ -11,7 +11,8 @@ elastic run has, :data:`ELASTIC_FIGURES`; the local launcher (``farsync train --
 :data:`LAUNCHER_FIGURES` from its coordinator and fault injector.
 
 ``metrics.jsonl`` merges the per-worker record files (``metrics.worker<slot>.jsonl``) found in the source's
-output directory: all of them when the workers share one, as under the local launcher.
+output directory: all of them when the workers share one, as under the local launcher. A source started
+without an output directory (``farsync worker`` without ``--out``) writes nothing.
 """
 
 from __future__ import annotations
