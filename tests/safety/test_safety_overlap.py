@@ -9,8 +9,9 @@ first all-reduce (gloo's connection set-up) and the final drain after the last r
 the least-blocked worker counts (a faster worker also waits for its peer, overlapped or not).
 
 DiLoCoX sets its reducer's time budget to H x the measured inner-step time before each all-reduce; on a
-10 kbit/s link no factor message fits that window, so the adaptive reducer must fall to its smallest
-message (rank 1, 4-bit factors) instead of the configured rank 8 at 8 bits.
+10 kbit/s link no factor message fits that window, so the adaptive reducer must fall to its narrowest
+factors (4 bits) and a rank below the configured 8 (as low as its quality floor lets it), instead of the
+configured rank 8 at 8 bits that it sends when the budget is left unset.
 
 Broken on purpose to check these fail: the overlapped all-reduce waited for inside the round that started
 it; the time budget never set before the all-reduce.
@@ -69,4 +70,4 @@ def test_dilocox_fits_its_message_to_the_time_budget_on_a_slow_link(tmp_path: Pa
     for record in synced:
         # n = 2: the ring carries the whole message, so the budget is the window times the rate (1250 B/s).
         assert record["compression_budget_bytes"] <= longest * 10e3 / 8
-        assert (record["compression_rank"], record["compression_bits"]) == (1, 4)
+        assert record["compression_bits"] == 4 and record["compression_rank"] < 8
