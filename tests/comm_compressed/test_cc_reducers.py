@@ -56,7 +56,7 @@ def reduced() -> list[dict[str, tuple[dict[str, torch.Tensor], dict, int]]]:
         out = {}
         for kind in KINDS:
             comm = Communicator(group, rank, world)  # type: ignore[arg-type]
-            reducer = build_compressed_reducer(config_for(kind), comm, MeanReducer(comm))
+            reducer = build_compressed_reducer(config_for(kind).compression, comm, MeanReducer(comm))
             result = reducer(update(rank), WEIGHTS[rank])
             out[kind] = (result, reducer.metrics(), comm.ledger.bytes_sent())  # type: ignore[attr-defined]
         return out
@@ -115,7 +115,7 @@ def test_adaptive_reducer_picks_the_energy_rank_and_reports_it(reduced) -> None:
 def test_a_non_finite_update_is_left_out_with_a_warning(caplog) -> None:
     def on_rank(rank: int, world: int, group: object, store: object) -> torch.Tensor:
         comm = Communicator(group, rank, world)  # type: ignore[arg-type]
-        reducer = build_compressed_reducer(config_for("int8"), comm, MeanReducer(comm))
+        reducer = build_compressed_reducer(config_for("int8").compression, comm, MeanReducer(comm))
         value = torch.full((100,), float(rank))
         if rank == 1:
             value[3] = float("nan")

@@ -61,7 +61,7 @@ def test_ddp_applies_the_mean_gradient_of_all_ranks(world: int) -> None:
     def worker(rank: int, n: int, comm: Communicator) -> np.ndarray:
         model = _linear()
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        with DDP(model, optimizer, comm, round_length=1):
+        with DDP(model, optimizer, comm, report_every=1):
             for _ in range(steps):
                 model.weight.grad = torch.tensor(grads[rank], dtype=torch.float32)
                 optimizer.step()
@@ -75,11 +75,11 @@ def test_ddp_applies_the_mean_gradient_of_all_ranks(world: int) -> None:
         np.testing.assert_allclose(rank_weights, expected, rtol=0, atol=1e-6)
 
 
-def test_ddp_counts_rounds_every_round_length_steps() -> None:
+def test_ddp_counts_rounds_every_report_every_steps() -> None:
     # Prepare
     model = _linear()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    ddp = DDP(model, optimizer, _comm(0, 1, None), round_length=2)
+    ddp = DDP(model, optimizer, _comm(0, 1, None), report_every=2)
     # Execute
     with ddp:
         for _ in range(5):

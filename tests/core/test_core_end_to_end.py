@@ -68,9 +68,7 @@ def test_cli_train_with_two_worker_processes_writes_every_output(
         command += ["--set", override]
     ddp_dir = tmp_path / "ddp"
     launch(
-        tiny_config(
-            "num_workers=2", "train.num_steps=10", "algorithm.name=ddp", "algorithm.num_inner_steps=5"
-        ),
+        tiny_config("num_workers=2", "train.num_steps=10", "algorithm.name=ddp", "train.report_every=5"),
         ddp_dir,
         mode="threads",
         progress=False,
@@ -109,9 +107,7 @@ def test_ddp_sends_what_the_summary_says_ddp_sends(
     tmp_path: Path, tiny_config: Callable[..., RunConfig]
 ) -> None:
     # Prepare
-    config = tiny_config(
-        "num_workers=2", "train.num_steps=4", "algorithm.name=ddp", "algorithm.num_inner_steps=2"
-    )
+    config = tiny_config("num_workers=2", "train.num_steps=4", "algorithm.name=ddp", "train.report_every=2")
     # Execute
     summary = launch(config, tmp_path / "run", mode="threads", progress=False)
     # Assert: fp32 gradients plus the one weight value that rides along in each all-reduce

@@ -128,3 +128,9 @@ def test_vectorised_clients_follow_their_own_sequential_trajectories() -> None:
             assert batched.mean_loss == pytest.approx(alone.mean_loss, rel=1e-5)
             for name in start:
                 torch.testing.assert_close(batched.update[name], alone.update[name], atol=1e-5, rtol=1e-4)
+
+
+def test_local_steps_set_a_rounds_work_when_local_epochs_is_zero() -> None:
+    # H (algorithm.num_inner_steps) is not the federated fallback: federated.local_steps is.
+    (alone,) = _run(1, ["federated.local_epochs=0", "federated.local_steps=4", "algorithm.num_inner_steps=9"])
+    assert alone["result"].extra["local_steps"] == 3 * 3 * 4  # rounds x clients per round x local_steps

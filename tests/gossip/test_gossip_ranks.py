@@ -28,7 +28,15 @@ def _gossip(rank: int, group: Any, model: nn.Module, overrides: list[str]) -> Go
     config = load_config(None, [f"num_workers={WORLD}", "algorithm.name=gossip", *overrides])
     comm = Communicator(group, rank, WORLD, ledger=ByteLedger(rank=rank))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return Gossip(model, optimizer, comm, config.algorithm, run_config=config)
+    return Gossip(
+        model,
+        optimizer,
+        comm,
+        config.gossip,
+        num_steps=config.train.num_steps,
+        seed=config.seed,
+        report_every=config.train.report_every,
+    )
 
 
 @pytest.mark.parametrize("topology", ["ring", "torus", "exponential", "random_regular"])
@@ -56,7 +64,7 @@ def test_decentralised_sgd_on_a_quadratic_and_final_merge() -> None:
     def fn(rank: int, world: int, group: Any, store: Any) -> dict[str, Any]:
         model = Point(torch.zeros(2))
         gossip = _gossip(
-            rank, group, model, ["gossip.comm_every=2", "algorithm.num_inner_steps=10", "train.num_steps=200"]
+            rank, group, model, ["gossip.comm_every=2", "train.report_every=10", "train.num_steps=200"]
         )
         with gossip:
             for _ in range(200):
@@ -109,12 +117,20 @@ def test_no_merge_keeps_local_models_and_reports_local_vs_merged() -> None:
                 "gossip.final_merge=false",
                 "gossip.mix_optimizer_state=true",
                 "train.num_steps=30",
-                "algorithm.num_inner_steps=10",
+                "train.report_every=10",
             ],
         )
         comm = Communicator(group, rank, WORLD, ledger=ByteLedger(rank=rank))
         optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-        gossip = Gossip(model, optimizer, comm, config.algorithm, run_config=config, task=SumTask())
+        gossip = Gossip(
+            model,
+            optimizer,
+            comm,
+            config.gossip,
+            num_steps=config.train.num_steps,
+            report_every=config.train.report_every,
+            evaluate=SumTask().evaluate,
+        )
         with gossip:
             for _ in range(30):
                 (0.5 * ((model.x - targets[rank]) ** 2).sum()).backward()

@@ -14,13 +14,19 @@ from torch import nn
 
 from farsync.algorithms.base import Algorithm
 from farsync.comm.communicator import Communicator
+from farsync.config import ConfigError
 from farsync.reducers.base import Reducer
 
 __all__ = ["DDP"]
 
 
 class DDP(Algorithm):
-    """Gradient all-reduce every step. ``round_length`` only sets how often a "round" is reported.
+    """Gradient all-reduce every step.
+
+    Args:
+        reducer: how gradients are averaged (default fp32 mean; a compressed or robust reducer also works).
+        report_every: DDP has no outer round; a "round" (a record in the loop's metrics, a checkpoint
+            boundary) ends every this many inner steps (``train.report_every``).
 
     Failure: a collective error propagates from ``optimizer.step()``; no update is applied for that step.
     """
@@ -34,10 +40,12 @@ class DDP(Algorithm):
         comm: Communicator,
         *,
         reducer: Reducer | None = None,
-        round_length: int = 50,
+        report_every: int = 50,
     ) -> None:
         super().__init__(model, optimizer, comm, reducer=reducer)
-        self.round_length = round_length
+        if report_every < 1:
+            raise ConfigError("train.report_every", report_every, "must be >= 1")
+        self.report_every = report_every
 
     def before_inner_step(self) -> None:
         grads = {
@@ -51,4 +59,4 @@ class DDP(Algorithm):
             param.grad.copy_(averaged[name])
 
     def after_inner_step(self) -> bool:
-        return self.inner_step % self.round_length == 0
+        return self.inner_step % self.report_every == 0

@@ -19,8 +19,10 @@ eager variant). Its compression defaults: when the run's ``[compression]`` secti
 ablation). Before each all-reduce the compressed reducer's ``time_budget_s`` is set to H x the measured
 inner-step time, which is what lets it adapt to the link.
 
-Failure: as DiLoCo; a non-finite pseudo-gradient is left out with a warning naming the worker. If the
-compressed reducer is not available in this installation the fp32 mean reducer is used, with a warning.
+From Python, :func:`farsync.dilocox` (:mod:`farsync.algorithms.presets`) is the documented preset: it takes
+the outer optimizer, H, the overlap variant and the compression settings as plain arguments.
+
+Failure: as DiLoCo; a non-finite pseudo-gradient is left out with a warning naming the worker.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from torch import nn
 
 from farsync.algorithms.overlap import OverlappedDiLoCo
 from farsync.comm.communicator import Communicator
-from farsync.config import AlgorithmConfig, CompressionConfig, RunConfig
+from farsync.config import AlgorithmConfig, CompressionConfig
 from farsync.reducers.base import MeanReducer, Reducer
+from farsync.reducers.compressed import build_compressed_reducer
 
-__all__ = ["DiLoCoX", "dilocox_compression"]
+__all__ = ["DiLoCoX", "dilocox_compression", "dilocox_reducer"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +52,31 @@ def dilocox_compression(compression: CompressionConfig) -> CompressionConfig:
     return dataclasses.replace(compression, kind="lowrank", adaptive=True, error_feedback=True)
 
 
-def _dilocox_reducer(run_config: RunConfig, comm: Communicator, given: Reducer) -> Reducer:
-    compression = dilocox_compression(run_config.compression)
-    if compression is run_config.compression or type(given) is not MeanReducer:
-        return given  # the run configured its own reducer (compressed, robust, private): use it as built
-    try:
-        from farsync.reducers.compressed import build_compressed_reducer
-    except ImportError:
-        logger.warning("dilocox: farsync.reducers.compressed is not available; sending fp32 pseudo-gradients")
+def dilocox_reducer(
+    compression: CompressionConfig, comm: Communicator, given: Reducer | None = None
+) -> Reducer:
+    """The reducer DiLoCoX synchronises with.
+
+    ``given`` is used as it is when it is anything but a bare fp32 :class:`MeanReducer` (a run that configured
+    its own compressed, robust or private reducer, or an attack wrapper, keeps it). Otherwise the reducer is
+    built from :func:`dilocox_compression` of ``compression`` over ``given`` (or a new mean reducer).
+    """
+    if given is not None and type(given) is not MeanReducer:
         return given
-    built: Reducer = build_compressed_reducer(
-        dataclasses.replace(run_config, compression=compression), comm, given
-    )
-    return built
+    inner = given if given is not None else MeanReducer(comm)
+    return build_compressed_reducer(dilocox_compression(compression), comm, inner)
 
 
 class DiLoCoX(OverlappedDiLoCo):
-    """One-step-delay overlapped DiLoCo over an adaptive low-rank, quantized, error-feedback reducer."""
+    """One-step-delay overlapped DiLoCo over an adaptive low-rank, quantized, error-feedback reducer.
+
+    Args:
+        config: the ``algorithm`` section (H, outer optimizer, ``overlap``); ``delay`` is taken as 1.
+        reducer: used as given unless it is a bare fp32 :class:`MeanReducer` or None (see
+            :func:`dilocox_reducer`).
+        compression: the ``compression`` section the DiLoCoX reducer is built from (default: DiLoCoX's own
+            defaults, adaptive low-rank with error feedback; see the module docstring).
+    """
 
     name: ClassVar[str] = "dilocox"
 
@@ -77,9 +88,10 @@ class DiLoCoX(OverlappedDiLoCo):
         config: AlgorithmConfig | None = None,
         *,
         reducer: Reducer | None = None,
-        run_config: RunConfig | None = None,
+        compression: CompressionConfig | None = None,
     ) -> None:
-        run_config = run_config if run_config is not None else RunConfig()
-        config = dataclasses.replace(config if config is not None else run_config.algorithm, delay=1)
-        reducer = _dilocox_reducer(run_config, comm, reducer if reducer is not None else MeanReducer(comm))
-        super().__init__(model, optimizer, comm, config, reducer=reducer)
+        config = dataclasses.replace(
+            config if config is not None else AlgorithmConfig(name="dilocox"), delay=1
+        )
+        compression = compression if compression is not None else CompressionConfig()
+        super().__init__(model, optimizer, comm, config, reducer=dilocox_reducer(compression, comm, reducer))

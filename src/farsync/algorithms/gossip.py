@@ -21,7 +21,7 @@ of what server-based training reaches.
 Diagnostics (never charged to the ledger or the emulated link: they are measurements, not the algorithm):
 
 * ``consensus_distance``: mean over workers of ||x_i - mean_j x_j||_2, every report period
-  (``algorithm.num_inner_steps`` steps), in the round records;
+  (``train.report_every`` steps), in the round records;
 * at the end, :meth:`Gossip.final_metrics` holds the mean of the workers' local-model evaluations and the
   evaluation of the merged (averaged) model, whether or not the merge was actually performed.
 
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -54,7 +54,7 @@ from farsync.algorithms.base import Algorithm
 from farsync.algorithms.topology import metropolis_hastings, topology_graph
 from farsync.comm.communicator import Communicator, Handle
 from farsync.comm.cost import Collective
-from farsync.config import AlgorithmConfig, ConfigError, GossipConfig, RunConfig
+from farsync.config import ConfigError, GossipConfig
 from farsync.reducers.base import Reducer, flatten, unflatten
 
 __all__ = ["Gossip", "consensus_distance", "mix_interval", "variance_corrected"]
@@ -95,9 +95,13 @@ class Gossip(Algorithm):
     """Neighbour averaging on a topology every ``comm_every`` steps, optional final merge (module docstring).
 
     Args:
-        config: the ``algorithm`` section; ``num_inner_steps`` is the report period (rounds in metrics).
-        run_config: the whole run (``gossip``, ``train.num_steps`` and ``seed`` are read from it).
-        task: if given, its ``evaluate(model)`` scores local and merged models at the end.
+        config: the ``gossip`` section (topology, mixing interval, final merge, ...); default: a ring.
+        num_steps: the run's inner steps (``train.num_steps``); the late schedule halves the interval after
+            half of them.
+        seed: the run seed (random topologies are drawn from it).
+        report_every: inner steps between "rounds" (records with the consensus distance), ``train.report_every``.
+        reducer: the final merge's all-reduce (default fp32 mean).
+        evaluate: if given, ``evaluate(model) -> {name: value}`` scores local and merged models at the end.
     """
 
     name: ClassVar[str] = "gossip"
@@ -107,23 +111,24 @@ class Gossip(Algorithm):
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         comm: Communicator,
-        config: AlgorithmConfig | None = None,
+        config: GossipConfig | None = None,
         *,
+        num_steps: int,
+        seed: int = 0,
+        report_every: int = 50,
         reducer: Reducer | None = None,
-        run_config: RunConfig | None = None,
-        task: Any = None,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     ) -> None:
         super().__init__(model, optimizer, comm, reducer=reducer)
-        run = run_config if run_config is not None else RunConfig(num_workers=comm.world_size)
-        if run.privacy.mode != "off":
-            raise ConfigError(
-                "privacy.mode", run.privacy.mode, "gossip has no differential privacy yet; use 'off'"
-            )
-        self.config = config if config is not None else run.algorithm
-        self.gossip = run.gossip
-        self.num_steps = run.train.num_steps
-        self.seed = run.seed
-        self.task = task
+        if report_every < 1:
+            raise ConfigError("train.report_every", report_every, "must be >= 1")
+        if num_steps < 1:
+            raise ConfigError("train.num_steps", num_steps, "must be >= 1")
+        self.gossip = config if config is not None else GossipConfig()
+        self.num_steps = num_steps
+        self.seed = seed
+        self.report_every = report_every
+        self.evaluate_fn = evaluate
         # Measurements share the group but not the ledger or the emulated link.
         self.probe = Communicator(comm.group, comm.rank, comm.world_size)
         self.steps_since_mix = 0
@@ -137,7 +142,7 @@ class Gossip(Algorithm):
         if self.steps_since_mix >= mix_interval(self.gossip, self.inner_step - 1, self.num_steps):
             self.mix()
             self.steps_since_mix = 0
-        if self.inner_step % self.config.num_inner_steps != 0:
+        if self.inner_step % self.report_every != 0:
             return False
         self.last_consensus = consensus_distance(self.probe, self._local_vector())
         return True
@@ -228,8 +233,8 @@ class Gossip(Algorithm):
             "consensus_distance_before_merge": consensus_distance(self.probe, local),
             "num_mixings": self.num_mixings,
         }
-        if self.task is not None:
-            for key, value in self.task.evaluate(self.model).items():
+        if self.evaluate_fn is not None:
+            for key, value in self.evaluate_fn(self.model).items():
                 mean = self.probe.all_reduce(
                     torch.tensor([float(value)], dtype=torch.float64), op="avg"
                 ).wait()
@@ -239,9 +244,9 @@ class Gossip(Algorithm):
             self._load(merged)
         else:
             merged = unflatten(self.probe.all_reduce(local.clone(), op="avg").wait(), dict(self.named_params))
-        if self.task is not None:
+        if self.evaluate_fn is not None:
             with contextlib.nullcontext() if self.gossip.final_merge else self._holding(merged):
-                for key, value in self.task.evaluate(self.model).items():
+                for key, value in self.evaluate_fn(self.model).items():
                     final[f"merged_{key}"] = float(value)
         self._final = final
         logger.info("worker %d: gossip finished: %s", self.comm.rank, final)

@@ -53,8 +53,8 @@ from farsync.comm.communicator import Communicator
 from farsync.compress.codecs import Fp32Codec, WireCodec, as_bytes, from_bytes
 from farsync.compress.kinds import wire_codec
 from farsync.compress.residuals import Residuals
-from farsync.config import ConfigError, RunConfig
-from farsync.reducers.base import Reducer, flatten, unflatten
+from farsync.config import CompressionConfig, ConfigError
+from farsync.reducers.base import MeanReducer, Reducer, flatten, unflatten
 
 __all__ = [
     "GatherReducer",
@@ -272,9 +272,15 @@ class LowRankReducer(_CompressedReducer):
         self.engine.load_state_dict(lowrank if isinstance(lowrank, dict) else {})
 
 
-def build_compressed_reducer(config: RunConfig, comm: Communicator, inner: Reducer) -> Reducer:
-    """The reducer for ``config.compression`` (see the module docstring); ``inner`` is the fp32 reducer it replaces."""
-    compression = config.compression
+def build_compressed_reducer(
+    compression: CompressionConfig, comm: Communicator, inner: Reducer | None = None
+) -> Reducer:
+    """The reducer for ``compression`` (see the module docstring) over ``comm``.
+
+    ``inner`` is the fp32 reducer it replaces (default: a :class:`~farsync.reducers.base.MeanReducer`), kept so
+    layer-walking helpers see it; ``kind = "none"`` without ``adaptive`` returns ``inner`` itself.
+    """
+    inner = inner if inner is not None else MeanReducer(comm)
     kind, ef = compression.kind, compression.error_feedback
     if compression.adaptive:
         if kind not in ("lowrank", "none"):

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 
 from farsync.comm.communicator import Communicator
-from farsync.config import PrivacyConfig, RunConfig
+from farsync.config import ConfigError, PrivacyConfig
 from farsync.privacy.accountant import PrivacyAccountant
 from farsync.privacy.mechanism import add_noise, clip_update
-from farsync.reducers.base import Reducer
+from farsync.reducers.base import MeanReducer, Reducer
 
 __all__ = ["PrivateReducer", "build_private_reducer", "find_private_reducer"]
 
@@ -58,7 +58,7 @@ class PrivateReducer(Reducer):
     def __init__(self, comm: Communicator, inner: Reducer, privacy: PrivacyConfig, seed: int) -> None:
         super().__init__(comm)
         if privacy.mode not in ("central", "local"):
-            raise ValueError(f"privacy.mode = {privacy.mode!r}: PrivateReducer needs 'central' or 'local'")
+            raise ConfigError("privacy.mode", privacy.mode, "a PrivateReducer needs 'central' or 'local'")
         self.inner, self.privacy, self.seed = inner, privacy, seed
         self.accountant = PrivacyAccountant(privacy.noise_multiplier, privacy.delta)
         self.round = 0
@@ -112,9 +112,14 @@ class PrivateReducer(Reducer):
         self.inner.load_state_dict(state.get("inner", {}))
 
 
-def build_private_reducer(config: RunConfig, comm: Communicator, inner: Reducer) -> Reducer:
-    """``inner`` wrapped in a :class:`PrivateReducer` for ``config.privacy`` (mode must not be 'off')."""
-    return PrivateReducer(comm, inner, config.privacy, config.seed)
+def build_private_reducer(
+    privacy: PrivacyConfig, comm: Communicator, inner: Reducer | None = None, *, seed: int = 0
+) -> Reducer:
+    """``inner`` (default: the fp32 mean) wrapped in a :class:`PrivateReducer` for ``privacy``.
+
+    ``privacy.mode`` must be ``'central'`` or ``'local'``; ``seed`` is the run seed the noise is drawn from.
+    """
+    return PrivateReducer(comm, inner if inner is not None else MeanReducer(comm), privacy, seed)
 
 
 def find_private_reducer(reducer: Reducer) -> PrivateReducer | None:

@@ -74,7 +74,7 @@ from farsync.compress.codecs import Fp32Codec, WireCodec
 from farsync.compress.kinds import wire_codec
 from farsync.compress.lowrank import LowRankCodec
 from farsync.compress.residuals import Residuals
-from farsync.config import AggregationConfig, CompressionConfig, RunConfig
+from farsync.config import AggregationConfig, CompressionConfig
 from farsync.reducers.base import Reducer, flatten, unflatten
 from farsync.reducers.validation import StrikeBook, UpdateSummary, check_summary
 
@@ -382,15 +382,23 @@ def _wire(compression: CompressionConfig) -> tuple[WireCodec, LowRankCodec | Non
     return codec, None
 
 
-def build_robust_reducer(config: RunConfig, comm: Communicator, inner: Reducer) -> Reducer:
-    """The robust reducer for ``config.aggregation``; it replaces ``inner`` (see the module docstring)."""
-    if not isinstance(inner, RobustReducer) and type(inner).__name__ != "MeanReducer":
+def build_robust_reducer(
+    aggregation: AggregationConfig,
+    comm: Communicator,
+    inner: Reducer | None = None,
+    *,
+    compression: CompressionConfig | None = None,
+) -> Reducer:
+    """The robust reducer for ``aggregation`` over ``comm`` (see the module docstring).
+
+    It replaces ``inner`` (a compressed reducer, if any, is replaced too: ``compression``, default none, then
+    encodes the shards on the wire instead).
+    """
+    if inner is not None and not isinstance(inner, RobustReducer) and type(inner).__name__ != "MeanReducer":
         logger.info(
             "robust aggregation replaces %s; shards are compressed on the wire instead", type(inner).__name__
         )
-    compression = config.compression
+    compression = compression if compression is not None else CompressionConfig()
     codec, lowrank = _wire(compression)
     error_feedback = compression.error_feedback and compression.kind != "none"
-    return RobustReducer(
-        comm, config.aggregation, codec=codec, lowrank=lowrank, error_feedback=error_feedback
-    )
+    return RobustReducer(comm, aggregation, codec=codec, lowrank=lowrank, error_feedback=error_feedback)
