@@ -39,6 +39,9 @@ __all__ = ["diloco", "dilocox"]
 
 Overlap = Literal["none", "delayed", "eager"]
 _OVERLAPS = ("none", "delayed", "eager")
+# Every option defaults to its config field's default, so Python and the CLI start from the same run.
+_ALGORITHM = AlgorithmConfig()
+_COMPRESSION = CompressionConfig()
 
 
 def diloco(
@@ -46,19 +49,21 @@ def diloco(
     optimizer: torch.optim.Optimizer,
     comm: Communicator,
     *,
-    num_inner_steps: int = 50,
-    outer_lr: float = 0.7,
-    outer_momentum: float = 0.9,
-    nesterov: bool = True,
-    num_warmup_rounds: int = 0,
-    num_warmup_inner_steps: int = 1,
+    num_inner_steps: int = _ALGORITHM.num_inner_steps,
+    outer_lr: float = _ALGORITHM.outer_lr,
+    outer_momentum: float = _ALGORITHM.outer_momentum,
+    nesterov: bool = _ALGORITHM.nesterov,
+    num_warmup_rounds: int = _ALGORITHM.num_warmup_rounds,
+    num_warmup_inner_steps: int = _ALGORITHM.num_warmup_inner_steps,
     overlap: Overlap = "none",
     num_fragments: int = 0,
-    streaming_tau: int = 5,
-    streaming_alpha: float = 0.5,
+    streaming_tau: int = _ALGORITHM.streaming_tau,
+    streaming_alpha: float = _ALGORITHM.streaming_alpha,
     reducer: Reducer | None = None,
 ) -> DiLoCo:
     """DiLoCo (Douillard et al. 2023, arXiv 2311.08105) with the chosen options, not yet attached.
+
+    Every option defaults to the default of its :class:`~farsync.config.AlgorithmConfig` field.
 
     Args:
         num_inner_steps: H, inner steps between outer synchronisations.
@@ -113,15 +118,15 @@ def dilocox(
     optimizer: torch.optim.Optimizer,
     comm: Communicator,
     *,
-    num_inner_steps: int = 50,
-    outer_lr: float = 0.7,
-    outer_momentum: float = 0.9,
-    nesterov: bool = True,
+    num_inner_steps: int = _ALGORITHM.num_inner_steps,
+    outer_lr: float = _ALGORITHM.outer_lr,
+    outer_momentum: float = _ALGORITHM.outer_momentum,
+    nesterov: bool = _ALGORITHM.nesterov,
     overlap: Literal["delayed", "eager"] = "delayed",
-    rank: int = 8,
-    bits: int = 8,
-    energy_fraction: float = 0.9,
-    block_size: int = 64,
+    rank: int = _COMPRESSION.rank,
+    bits: int = _COMPRESSION.bits,
+    energy_fraction: float = _COMPRESSION.energy_fraction,
+    block_size: int = _COMPRESSION.block_size,
     adaptive: bool = True,
     error_feedback: bool = True,
     reducer: Reducer | None = None,
