@@ -34,10 +34,11 @@ different worker for its shard, so the result can mix workers; BTARD uses Center
 has no such selection step. When exclusions leave too few workers for Krum's ``n > 2f + 2``, ``f`` is
 lowered to the largest value allowed (the median for fewer than 3).
 
-CenteredClip's radius: with ``aggregation.adaptive_tau`` (default) the radius on each shard is ``tau``
-times the median distance of the accepted shards to their coordinate-wise median, recomputed every round,
-so one setting works for gradients and pseudo-gradients of any scale; a minority of Byzantine workers
-cannot move that median far. Without it, ``tau`` is an absolute radius per shard.
+Pre-aggregation and CenteredClip's radius: the owner applies ``aggregation.preaggregation`` (NNM or
+bucketing) before the rule, and with ``aggregation.adaptive_tau`` (default) the radius on each shard is
+``tau`` times a spread of the accepted shards (``aggregation.tau_scale``), recomputed every round, so one
+setting works for gradients and pseudo-gradients of any scale; see :mod:`farsync.reducers.shard_rule` and
+:mod:`farsync.aggregate.centered_clip`. Without it, ``tau`` is an absolute radius per shard.
 
 Compression: the robust rule must see every worker's decoded values, so this reducer replaces any
 compressed reducer built before it, and puts the same encoding on the wire as that reducer would
@@ -65,8 +66,6 @@ from typing import Any
 
 import torch
 
-from farsync.aggregate import build_aggregator, krum, median, multi_krum, weighted_mean
-from farsync.aggregate.centered_clip import centered_clip
 from farsync.collectives.butterfly import ShardLayout, ShardRule, butterfly_reduce
 from farsync.collectives.gather import gather_shard_reduce
 from farsync.comm.communicator import Communicator
@@ -76,6 +75,7 @@ from farsync.compress.lowrank import LowRankCodec
 from farsync.compress.residuals import Residuals
 from farsync.config import AggregationConfig, CompressionConfig
 from farsync.reducers.base import Reducer, flatten, unflatten
+from farsync.reducers.shard_rule import ShardAggregator
 from farsync.reducers.validation import StrikeBook, UpdateSummary, check_summary
 
 __all__ = ["RobustReducer", "ShardAggregator", "build_robust_reducer"]
@@ -116,47 +116,6 @@ def _dtype_name(code: int) -> str:
 def _shape_signature(named: dict[str, torch.Tensor]) -> int:
     text = ";".join(f"{name}:{tuple(t.shape)}" for name, t in named.items())
     return zlib.crc32(text.encode())  # < 2**32, exact in float64
-
-
-class ShardAggregator:
-    """The configured rule applied to one owner's stack of shards, restricted to the accepted senders."""
-
-    def __init__(self, config: AggregationConfig, adaptive_tau: bool) -> None:
-        self.config = config
-        self.adaptive_tau = adaptive_tau
-        self._rule = build_aggregator(
-            config.rule, beta=config.beta, f=config.f, m=config.m, tau=config.tau, num_iters=config.num_iters
-        )
-
-    def __call__(self, stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Aggregate the rows of ``stack`` with positive ``weights`` (zeros when there are none)."""
-        keep = weights > 0
-        if not bool(keep.any()):
-            return stack.new_zeros(stack.shape[1])
-        rows, kept_weights = stack[keep], weights[keep]
-        rule, count = self.config.rule, int(keep.sum())
-        if rule == "mean":
-            return weighted_mean(rows, kept_weights)
-        if rule in ("krum", "multi_krum"):
-            f = min(self.config.f, (count - 3) // 2)
-            if f < 0:
-                return median(rows)
-            if rule == "krum":
-                return krum(rows, f)
-            return multi_krum(rows, f, min(self.config.m, count))
-        if rule == "centered_clip":
-            return self._centered_clip(rows)
-        return self._rule(rows)
-
-    def _centered_clip(self, rows: torch.Tensor) -> torch.Tensor:
-        start = median(rows)
-        tau = self.config.tau
-        if self.adaptive_tau:
-            spread = float(torch.linalg.vector_norm(rows - start, dim=1).median())
-            if spread <= 0:
-                return start
-            tau = self.config.tau * spread
-        return centered_clip(rows, tau=tau, num_iters=self.config.num_iters, init=start)
 
 
 class RobustReducer(Reducer):
