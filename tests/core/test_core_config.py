@@ -16,6 +16,7 @@ from farsync.config import (
     RunConfig,
     config_to_toml,
     load_config,
+    outer_recipe,
     parse_bandwidth,
     parse_duration,
 )
@@ -96,11 +97,14 @@ def test_defaults_are_the_documented_default_run() -> None:
     config = load_config()
     # Assert
     assert (config.num_workers, config.algorithm.name, config.network.bandwidth_bps) == (4, "diloco", 1e9)
+    # The outer lr and momentum are left to the rule of outer_recipe, which the algorithm resolves for its M.
     assert (config.algorithm.outer_lr, config.algorithm.outer_momentum, config.algorithm.nesterov) == (
-        0.7,
-        0.9,
+        0.0,
+        -1.0,
         True,
     )
+    resolved = config.algorithm.with_outer_recipe(config.num_workers)
+    assert (resolved.outer_lr, resolved.outer_momentum) == outer_recipe(4, config.algorithm.num_inner_steps)
 
 
 # -------------------------------------------------------------------------------------------- errors

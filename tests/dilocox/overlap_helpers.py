@@ -47,42 +47,58 @@ class HandOuterSGD:
         self.buf: torch.Tensor | None = None
 
     def step(self, g: torch.Tensor) -> None:
+        self.w = self.peek(g)
         self.buf = g.clone() if self.buf is None else MOMENTUM * self.buf + g
-        self.w = self.w - OUTER_LR * (g + MOMENTUM * self.buf)
+
+    def peek(self, g: torch.Tensor) -> torch.Tensor:
+        """The weights one step with ``g`` would give, without taking it."""
+        buf = g.clone() if self.buf is None else MOMENTUM * self.buf + g
+        return self.w - OUTER_LR * (g + MOMENTUM * buf)
 
 
-def reference(variant: str, world: int, num_rounds: int, h: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+def reference(
+    variant: str, world: int, num_rounds: int, h: int, *, same_data: bool = False
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Local weights of each worker after ``num_rounds`` rounds and the final global weights after finish.
 
-    delayed: theta <- OuterSGD(theta, avg^{t-1}); x_i <- theta + (x_i - a_i).
-    eager (paper's per-worker form): theta_i <- OuterSGD_i(theta_i, D_i/M + avg^{t-1} - D_i^{t-1}/M); x_i <- theta_i.
+    Both variants step the consensus theta <- OuterSGD(theta, avg^{t-1}) one round late, then restart:
+    delayed: x_i <- theta + (x_i - a_i);
+    eager:   x_i <- OuterSGD(theta, D_i^t) peeked, not taken (the worker's own pseudo-gradient standing in
+             for the average on the wire, through the consensus' Nesterov step).
+    ``same_data``: every worker draws rank 0's samples.
     """
     w0 = make_model().weight.detach().clone()
     x = [w0.clone() for _ in range(world)]
     anchor = [w0.clone() for _ in range(world)]
     consensus = HandOuterSGD(w0)
-    per_worker = [HandOuterSGD(w0) for _ in range(world)]
-    previous_own = [torch.zeros_like(w0) for _ in range(world)]
     previous_avg: torch.Tensor | None = None
     step = 0
     for _ in range(num_rounds):
         for _ in range(h):
-            x = [x[i] - INNER_LR * grad(x[i], i, step) for i in range(world)]
+            x = [x[i] - INNER_LR * grad(x[i], 0 if same_data else i, step) for i in range(world)]
             step += 1
         own = [anchor[i] - x[i] for i in range(world)]
         average = sum(own) / world
         if previous_avg is not None:
             consensus.step(previous_avg)
         for i in range(world):
-            if variant == "delayed":
-                x[i] = consensus.w + (x[i] - anchor[i])
-            else:
-                stale = previous_avg if previous_avg is not None else torch.zeros_like(w0)
-                per_worker[i].step(own[i] / world + stale - previous_own[i] / world)
-                x[i] = per_worker[i].w.clone()
-                previous_own[i] = own[i]
+            x[i] = consensus.w + (x[i] - anchor[i]) if variant == "delayed" else consensus.peek(own[i])
             anchor[i] = x[i].clone()
         previous_avg = average
     assert previous_avg is not None
     consensus.step(previous_avg)
     return x, consensus.w
+
+
+def synchronous_reference(num_rounds: int, h: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Synchronous DiLoCo on rank 0's samples: every round's start point, and the final global weights."""
+    consensus = HandOuterSGD(make_model().weight.detach().clone())
+    starts, step = [], 0
+    for _ in range(num_rounds):
+        x = consensus.w.clone()
+        for _ in range(h):
+            x = x - INNER_LR * grad(x, 0, step)
+            step += 1
+        consensus.step(consensus.w - x)
+        starts.append(consensus.w.clone())
+    return starts, consensus.w

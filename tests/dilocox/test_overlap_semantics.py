@@ -1,4 +1,5 @@
-"""One-step-delay overlap against hand-stepped references (delayed and eager, 1 and 2 ranks)."""
+"""One-step-delay overlap against hand-stepped references (delayed and eager, 1 to 3 ranks), and eager's
+promise: with identical workers it is synchronous DiLoCo, round for round."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-from overlap_helpers import INNER_LR, MOMENTUM, OUTER_LR, make_model, reference, train_steps
+from overlap_helpers import (
+    INNER_LR,
+    MOMENTUM,
+    OUTER_LR,
+    make_model,
+    reference,
+    synchronous_reference,
+    train_steps,
+)
 
 from farsync.algorithms.diloco import DiLoCo
 from farsync.algorithms.overlap import OverlappedDiLoCo
@@ -46,7 +55,7 @@ def _run(variant: str, rank: int, world: int, group: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("variant", ["delayed", "eager"])
-@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("world", [1, 2, 3])
 def test_overlap_matches_hand_stepped_reference(variant: str, world: int) -> None:
     # Prepare
     expected_local, expected_global = reference(variant, world, ROUNDS, H)
@@ -59,6 +68,37 @@ def test_overlap_matches_hand_stepped_reference(variant: str, world: int) -> Non
         torch.testing.assert_close(result["global"], expected_global, atol=1e-5, rtol=1e-5)
         assert torch.equal(result["model"], result["global"])  # finish() loads the global weights
     assert len({r["sha"] for r in results}) == 1  # bitwise-identical global weights on every rank
+
+
+def _run_recording_starts(rank: int, world: int, group: Any) -> dict[str, Any]:
+    """Eager with every rank drawing rank 0's samples; the weights each round starts from."""
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    algorithm = OverlappedDiLoCo(model, optimizer, Communicator(group, rank, world), _config("eager"))
+    starts = []
+    with algorithm:
+        for step in range(ROUNDS * H):
+            train_steps(model, optimizer, 0, step, 1)
+            if algorithm.round_ended:
+                starts.append(model.weight.detach().clone())
+    return {"starts": starts, "global": algorithm.global_tensors()[0].clone()}
+
+
+def test_eager_with_identical_workers_is_synchronous_diloco_round_for_round() -> None:
+    # Prepare: when every worker sends the same pseudo-gradient, its own is the average, so each round must
+    # start exactly where synchronous DiLoCo starts (outer momentum included) and end on its weights.
+    sync_starts, sync_global = synchronous_reference(ROUNDS, H)
+    eager_local, eager_global = reference("eager", 2, ROUNDS, H, same_data=True)
+    # Execute
+    results = run_ranks(lambda r, w, g, s: _run_recording_starts(r, w, g), 2, prefix="overlap-eager-same")
+    # Assert
+    torch.testing.assert_close(eager_global, sync_global, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(eager_local[0], sync_starts[-1], atol=1e-6, rtol=1e-6)
+    for result in results:
+        assert len(result["starts"]) == ROUNDS
+        for start, expected in zip(result["starts"], sync_starts, strict=True):
+            torch.testing.assert_close(start, expected, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(result["global"], sync_global, atol=1e-6, rtol=1e-6)
 
 
 def test_eager_at_world_size_one_is_synchronous_diloco() -> None:

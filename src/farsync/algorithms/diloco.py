@@ -90,7 +90,8 @@ class DiLoCo(Algorithm):
         reducer: Reducer | None = None,
     ) -> None:
         super().__init__(model, optimizer, comm, reducer=reducer)
-        self.config = config if config is not None else AlgorithmConfig()
+        # Outer lr / momentum left to the rule follow this group's M and H (config.outer_recipe).
+        self.config = (config if config is not None else AlgorithmConfig()).with_outer_recipe(comm.world_size)
         self.outer = self._make_outer_state()
         self.steps_in_round = 0
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from farsync.comm.cost import Collective, wire_bytes
 from farsync.config import RunConfig, config_to_toml
 
-__all__ = ["build_summary", "write_run_outputs"]
+__all__ = ["build_summary", "local_eval_summary", "write_run_outputs"]
+
+logger = logging.getLogger(__name__)
 
 
 def build_summary(config: RunConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -48,6 +51,7 @@ def build_summary(config: RunConfig, results: list[dict[str, Any]]) -> dict[str,
         "emulation": config.network.emulation,
         "global_params_sha256": [r["global_params_sha256"] for r in results],
     }
+    summary.update(local_eval_summary(summary["final_eval_loss"], results))
     if "eval_accuracy" in first["final_eval"]:
         summary["final_eval_accuracy"] = first["final_eval"]["eval_accuracy"]
     for key in ("extra",):
@@ -58,6 +62,32 @@ def build_summary(config: RunConfig, results: list[dict[str, Any]]) -> dict[str,
 
         summary.update(pipeline_summary(results))
     return summary
+
+
+def local_eval_summary(global_loss: float | None, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean (and per-worker) eval loss of the workers' own final weights beside the global model's, and a
+    warning when the global model is worse than the local ones (e.g. a compressed average that broke it).
+
+    Empty when the workers did not report a local evaluation (runners that do not evaluate local weights).
+    """
+    local = [r["final_eval"].get("local_eval_loss") for r in results]
+    if global_loss is None or any(value is None for value in local):
+        return {}
+    mean = sum(float(v) for v in local) / len(local)
+    worse = float(global_loss) > mean
+    if worse:
+        logger.warning(
+            "the global model's eval loss %.4f is worse than the workers' own weights (mean %.4f, best %.4f): "
+            "the outer step or the compression lost what the workers learned",
+            global_loss,
+            mean,
+            min(float(v) for v in local),
+        )
+    return {
+        "final_local_eval_loss": mean,
+        "final_local_eval_loss_by_worker": [float(v) for v in local],
+        "global_worse_than_local": worse,
+    }
 
 
 def write_run_outputs(

@@ -365,8 +365,14 @@ class TrainingLoop:
                     self.end_round()
                 if self.step % self.config.train.eval_every == 0 and self.step < num_steps:
                     self.evaluate()
+            # This worker's own weights, before finish() loads the global ones: summary.json sets the global
+            # model's eval loss beside them (issue 11). Only with the plain evaluator (a pipeline stage is
+            # not a whole model).
+            local = self.task.evaluate(self.model) if self.evaluator is evaluate_global else {}
         # Leaving the block finished any synchronisation in flight; the model holds the final weights.
         final = self.evaluate()
+        if "eval_loss" in local:
+            final = {**final, "local_eval_loss": local["eval_loss"]}
         result = self.result(final)
         return self.finish(self, result) if self.finish is not None else result
 
