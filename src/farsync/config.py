@@ -566,12 +566,28 @@ class AggregationConfig:
     et al. 2022)."""
     bucket_size: int = 2
     """Bucketing: updates averaged per bucket."""
+    verify_fraction: float = 0.0
+    """Share of the butterfly's shard owners whose aggregate random peers re-compute each round (BTARD's
+    verification; a caught owner is excluded and its shard redone); 0 disables."""
+    verify_seed: int = 0
+    """Mixed into the shared random draw of the owners checked and their verifiers."""
     max_norm: float = 0.0
     """Reject updates whose L2 norm exceeds this (0 disables)."""
     max_strikes: int = 3
     """A worker whose updates were rejected this many times is excluded."""
     outlier_ratio: float = 0.0
     """Strike a worker whose shard lies over this many median distances from the robust result (0 disables)."""
+
+    @property
+    def needs_robust_reducer(self) -> bool:
+        """Whether these settings need the robust reducer (anything but the plain, unchecked mean)."""
+        return (
+            self.rule != "mean"
+            or self.preaggregation != "none"
+            or self.max_norm > 0
+            or self.outlier_ratio > 0
+            or self.verify_fraction > 0
+        )
 
     def validate(self) -> None:
         _check(0 <= self.beta < 0.5, "aggregation.beta", self.beta, "must be in [0, 0.5)")
@@ -583,6 +599,12 @@ class AggregationConfig:
         )
         _check(self.f >= -1, "aggregation.f", self.f, "must be >= 0, or -1 (as many as the rule allows)")
         _check(self.bucket_size >= 1, "aggregation.bucket_size", self.bucket_size, "must be >= 1")
+        _check(
+            0 <= self.verify_fraction <= 1,
+            "aggregation.verify_fraction",
+            self.verify_fraction,
+            "must be in [0, 1] (0 disables)",
+        )
         _check(self.m >= 1, "aggregation.m", self.m, "must be >= 1")
         _check(self.tau > 0, "aggregation.tau", self.tau, "must be > 0")
         _check(self.num_iters >= 1, "aggregation.num_iters", self.num_iters, "must be >= 1")

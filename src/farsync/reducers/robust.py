@@ -52,9 +52,15 @@ every worker applies every owner's rule itself. Error feedback keeps, per parame
 of its corrected update. ``compression.adaptive`` is not applied here (the fixed ``compression.kind`` is
 used).
 
-Failure and trust: a collective error raises from :meth:`RobustReducer.reduce` like any reducer. Owners are
-trusted to apply the rule honestly; BTARD's verification of the owners (random re-computation and
-accusations) is not implemented, and an excluded worker stays in the process group, sending zeros.
+Verification: with ``aggregation.verify_fraction > 0`` the owners are not trusted. Every round a random
+sample of shards is re-computed by random peers from the inputs they committed to, an owner caught
+publishing a wrong aggregate is excluded and its shard redone, and an excluded owner's shard is computed
+by the next live worker from then on (BTARD's accuse-and-ban, :mod:`farsync.collectives.verification`,
+ledger channel ``"verify"``). The low-rank gather path needs none: every worker applies every rule itself.
+
+Failure and trust: a collective error raises from :meth:`RobustReducer.reduce` like any reducer. Without
+verification the owners are trusted to apply the rule honestly. An excluded worker stays in the process
+group, sending zeros.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ import torch
 
 from farsync.collectives.butterfly import ShardLayout, ShardRule, butterfly_reduce
 from farsync.collectives.gather import gather_shard_reduce
+from farsync.collectives.verification import ShardVerifier
 from farsync.comm.communicator import Communicator
 from farsync.compress.codecs import Fp32Codec, WireCodec
 from farsync.compress.kinds import wire_codec
@@ -103,6 +110,7 @@ def _dtype_code(named: dict[str, torch.Tensor]) -> int:
 _VERDICTS = {
     1: "a shard was not finite or larger than the declared norm",
     2: "a shard was an outlier (over aggregation.outlier_ratio median distances from the result)",
+    3: "a shard did not match its sender's commitment (disputed; see farsync.collectives.verification)",
 }
 """Owners' verdicts on senders, all-gathered with the reduced shards (0: accepted)."""
 
@@ -150,6 +158,8 @@ class RobustReducer(Reducer):
         self.shard_slack = _SHARD_SLACK_EXACT if lossless else _SHARD_SLACK_LOSSY
         self.round = 0
         self.last_rejected: dict[int, str] = {}
+        self.verifier = _verifier(comm, config, self.codec) if lowrank is None else None
+        self.last_checked: list[int] = []
 
     # ----------------------------------------------------------------------------------------- round
     def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
@@ -187,7 +197,20 @@ class RobustReducer(Reducer):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Shards in :attr:`codec` through the butterfly; a left-out worker sends zeros."""
         mine = vector if accepted else torch.zeros(layout.numel)
-        result, verdicts = butterfly_reduce(self.comm, mine, layout, rule, codec=self.codec)
+        verifier = self.verifier
+        if verifier is not None:  # BTARD's checks of the owners (farsync.collectives.verification)
+            verifier.commit(mine, layout)
+            guarded = verifier.guard(rule, self.comm.rank)
+            result, verdicts = butterfly_reduce(self.comm, mine, layout, guarded, codec=self.codec)
+            excluded = set(self.strikes.excluded)
+            checked = verifier.verify(self.round, mine, layout, rule, result, verdicts, excluded)
+            result, verdicts = checked.result, checked.sides
+            self.last_checked = checked.checked
+            for worker, reason in checked.bans.items():
+                self.last_rejected[worker] = reason
+                self.strikes.exclude(worker, self.round, reason)
+        else:
+            result, verdicts = butterfly_reduce(self.comm, mine, layout, rule, codec=self.codec)
         if self.residuals is not None:
             sent = None
             if accepted:
@@ -223,6 +246,7 @@ class RobustReducer(Reducer):
         self, stack: torch.Tensor, weights: torch.Tensor, declared: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """This owner's shard from the accepted senders, and a verdict per sender (see :data:`_VERDICTS`)."""
+        self.aggregator.reseed(self.round)  # a verifier re-computing this shard draws the same buckets
         norms = torch.linalg.vector_norm(stack, dim=1, dtype=torch.float64)
         mismatch = (~torch.isfinite(norms) | (norms > declared * (1 + self.shard_slack) + 1e-12)) & (
             weights > 0
@@ -321,6 +345,22 @@ class RobustReducer(Reducer):
             self.residuals.load_state_dict(state.get("residuals", {}))
         if self.lowrank is not None:
             self.lowrank.load_state_dict(state.get("lowrank", {}))
+
+
+def _verifier(comm: Communicator, config: AggregationConfig, codec: WireCodec) -> ShardVerifier | None:
+    """The owners' verification on its own ledger channel, ``"verify"`` (``None`` when disabled)."""
+    if config.verify_fraction <= 0:
+        return None
+    channel = Communicator(
+        comm.group,
+        comm.rank,
+        comm.world_size,
+        ledger=comm.ledger,
+        clock=comm.clock,
+        link=comm.link,
+        channel="verify",
+    )
+    return ShardVerifier(channel, fraction=config.verify_fraction, seed=config.verify_seed, codec=codec)
 
 
 def _wire(compression: CompressionConfig) -> tuple[WireCodec, LowRankCodec | None]:

@@ -9,8 +9,9 @@ left is settled here, per call, because exclusions change it from round to round
   (``(n - 1) // 2``, ``(n - 3) // 2`` for Krum); an explicit ``f`` is lowered to that bound when exclusions
   leave too few senders (Krum falls back to the median below 3).
 - Multi-Krum's ``m`` is lowered to the number of rows the rule sees (buckets, with bucketing).
-- Every owner seeds its bucketing generator identically, so in a round every shard is bucketed with the
-  same permutation: the buckets are the same groups of workers as if the whole vectors were bucketed.
+- Every owner seeds its bucketing generator from the round (:meth:`ShardAggregator.reseed`), so in a round
+  every shard is bucketed with the same permutation (the buckets are the same groups of workers as if the
+  whole vectors were bucketed) and a peer re-computing an owner's shard draws the same buckets.
 
 Weights: ``mean`` without pre-aggregation is the weighted mean (FedAvg's sample counts, like
 :class:`~farsync.reducers.base.MeanReducer`). Every other configuration gives each accepted worker the
@@ -43,8 +44,14 @@ class ShardAggregator:
         self.config = config
         adaptive = config.adaptive_tau if adaptive_tau is None else adaptive_tau
         self.radius = config.tau_scale if adaptive else "fixed"
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self._build(f=max(config.f, 0), m=config.m)  # every parameter is checked once, before any round
+
+    def reseed(self, round_index: int) -> None:
+        """Restart the bucketing permutation for ``round_index``: every call in a round draws the same one,
+        whoever computes it (the owner, or a peer verifying the owner)."""
+        self.generator.manual_seed(self.seed * 1_000_003 + round_index)
 
     def __call__(self, stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Aggregate the rows of ``stack`` with positive ``weights`` (zeros when there are none)."""

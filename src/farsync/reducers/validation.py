@@ -131,6 +131,15 @@ class StrikeBook:
             logger.warning("worker %d excluded after %d strikes", worker, len(strikes))
         return self.is_excluded(worker)
 
+    def exclude(self, worker: int, round: int, reason: str) -> None:
+        """Exclude ``worker`` now, whatever its strikes (a proven offence, e.g. a wrong aggregate)."""
+        strikes = self._strikes.setdefault(worker, [])
+        if len(strikes) >= self.max_strikes:
+            return
+        strikes.extend(_Strike(round=round, reason=reason) for _ in range(self.max_strikes - len(strikes)))
+        if self.log:
+            logger.warning("worker %d excluded in round %d: %s", worker, round, reason)
+
     def num_strikes(self, worker: int) -> int:
         """Number of strikes recorded against ``worker``."""
         return len(self._strikes.get(worker, []))

@@ -98,7 +98,7 @@ def make_reducer(
     reducer: Reducer = MeanReducer(comm)
     if compression.kind != "none" or compression.adaptive:
         reducer = build_compressed_reducer(compression, comm, reducer)
-    if aggregation.rule != "mean" or aggregation.max_norm > 0 or aggregation.outlier_ratio > 0:
+    if aggregation.needs_robust_reducer:
         reducer = build_robust_reducer(aggregation, comm, reducer, compression=compression)
     if privacy.mode != "off":
         reducer = build_private_reducer(privacy, comm, reducer, seed=seed)
