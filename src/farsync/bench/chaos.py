@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farsync.bench.common import markdown_table, write_results
+from farsync.bench.common import markdown_table, smoke, write_results
 from farsync.config import RunConfig, format_bandwidth, format_duration, load_config
 from farsync.elastic.launch import launch_elastic
 from farsync.sim.faults import FaultPlan
@@ -57,6 +57,14 @@ def _config(quick: bool) -> RunConfig:
         "elastic.collective_timeout_s=20.0",
         "checkpoint.every_rounds=0",
     ]
+    if smoke():  # FARSYNC_BENCH_SMOKE=1 (tests): 2 workers, 8 rounds of H = 2 (bench/common.py)
+        overrides += [
+            "num_workers=2",
+            "elastic.min_workers=1",
+            "algorithm.num_inner_steps=2",
+            "train.num_steps=16",
+            "elastic.failure_timeout_s=10.0",  # a test machine's busy CPU can delay heartbeats by seconds
+        ]
     return load_config(None, overrides)
 
 
@@ -93,6 +101,7 @@ def _plan(config: RunConfig, num_rounds: int, seed: int, quick: bool) -> FaultPl
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    quick = quick or smoke()
     config = _config(quick)
     num_rounds = config.train.num_steps // config.algorithm.num_inner_steps
     seeds = [int(s) for s in os.environ.get("FARSYNC_CHAOS_SEEDS", "1" if quick else "1,2").split(",")]

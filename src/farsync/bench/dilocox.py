@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from farsync.bench.allreduce_timing import compare_allreduce
-from farsync.bench.common import markdown_table, run_cached, write_results
+from farsync.bench.common import markdown_table, run_cached, smoke, write_results
 from farsync.config import load_config
 from farsync.launch.local import launch
 
@@ -253,13 +253,17 @@ COLUMNS = [
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    quick = quick or smoke()
     num_steps = 20 if quick else int(os.environ.get("FARSYNC_DILOCOX_STEPS", "400"))
     ratio = float(os.environ.get("FARSYNC_DILOCOX_RATIO", "100"))
     h = 5 if quick else int(os.environ.get("FARSYNC_DILOCOX_H", "50"))
+    num_workers = 4
+    if smoke():  # FARSYNC_BENCH_SMOKE=1 (tests): every row of --quick at the smallest size (bench/common.py)
+        num_steps, h, num_workers = 6, 3, 2
     runs_dir = out_dir / ("dilocox_runs_quick" if quick else "dilocox_runs")
     runs_dir.mkdir(parents=True, exist_ok=True)
     base = [
-        "num_workers=4",
+        f"num_workers={num_workers}",
         "seed=0",
         f"train.num_steps={num_steps}",
         f"train.eval_every={num_steps}",
@@ -273,7 +277,11 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     rows, skipped = _run_all([*base, *link], h, runs_dir, quick)
     _compare(rows)
     timing = compare_allreduce(
-        world_size=4, numel=probe["num_params"], bandwidth_bps=bps, kinds=("fp32", "int8", "int4"), repeats=2
+        world_size=num_workers,
+        numel=probe["num_params"],
+        bandwidth_bps=bps,
+        kinds=("fp32", "int8", "int4"),
+        repeats=2,
     )
     targets = _targets(rows, timing)
     worth = _worth(rows)
