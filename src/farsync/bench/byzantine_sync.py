@@ -74,7 +74,8 @@ def run_sync(config: RunConfig) -> dict[str, Any]:
                 param.grad = averaged[name].to(param.dtype).reshape(param.shape).clone()
             optimizer.step()
         metrics = task.evaluate(model) if rank == 0 else {}
-        return {"metrics": metrics, "bytes_sent": comm.ledger.bytes_sent()}
+        ledger = comm.ledger
+        return {"metrics": metrics, "bytes_sent": ledger.bytes_sent(), "verify": ledger.bytes_sent("verify")}
 
     results = run_ranks(worker, config.num_workers, prefix="byz-sync", timeout_s=_TIMEOUT_S)
     metrics = results[0]["metrics"]
@@ -82,6 +83,7 @@ def run_sync(config: RunConfig) -> dict[str, Any]:
         "final_eval_accuracy": float(metrics["eval_accuracy"]),
         "final_eval_loss": float(metrics["eval_loss"]),
         "bytes_sent_per_worker": sum(r["bytes_sent"] for r in results) / len(results),
+        "verify_bytes_per_worker": sum(r["verify"] for r in results) / len(results),
         "num_rounds": config.train.num_steps,
         "seconds": time.perf_counter() - begin,
     }

@@ -106,7 +106,8 @@ def check_byzantine_bounds(config: RunConfig) -> None:
         return
     n, aggregation = config.num_workers, config.aggregation
     attackers = f"{count} Byzantine worker{'s' if count > 1 else ''} of {n}"
-    if aggregation.rule in ("krum", "multi_krum") and aggregation.f < count:
+    tolerated = aggregation.f if aggregation.f >= 0 else (n - 3) // 2  # f = -1: as many as Krum allows
+    if aggregation.rule in ("krum", "multi_krum") and tolerated < count:
         possible = (
             "" if n > 2 * count + 2 else f", and num_workers > 2f + 2 = {2 * count + 2}, so more workers"
         )
