@@ -34,6 +34,7 @@ __all__ = [
     "NetworkConfig",
     "ParallelConfig",
     "PrivacyConfig",
+    "ROBUST_PRESET",
     "RunConfig",
     "TrainConfig",
     "config_to_toml",
@@ -537,15 +538,25 @@ class NetworkConfig:
         return self.latency
 
 
-AGGREGATION_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "centered_clip")
+AGGREGATION_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "centered_clip", "robust")
+
+ROBUST_PRESET: dict[str, Any] = {
+    "rule": "centered_clip",
+    "preaggregation": "none",
+    "adaptive_tau": True,
+    "tau_scale": "neighbors",
+    "tau": 0.5,
+}
+"""What ``aggregation.rule = "robust"`` selects: the defence with the best worst case in
+``farsync bench byzantine`` (docs/robust.md has the table). It sets these fields whatever they say."""
 
 
 @dataclass(kw_only=True)
 class AggregationConfig:
     """How updates from workers are combined (robust rules defend against Byzantine workers)."""
 
-    rule: Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "centered_clip"] = "mean"
-    """Aggregation rule applied in every averaging step."""
+    rule: Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "centered_clip", "robust"] = "mean"
+    """Aggregation rule applied in every averaging step; robust: the recommended defence (ROBUST_PRESET)."""
     beta: float = 0.1
     """Trimmed mean: fraction trimmed from each end."""
     f: int = -1
@@ -558,7 +569,7 @@ class AggregationConfig:
     """CenteredClip: maximum iterations."""
     adaptive_tau: bool = True
     """CenteredClip: tau is a multiple of a spread of the shard updates (tau_scale), not an absolute radius."""
-    tau_scale: Literal["median", "neighbors"] = "neighbors"
+    tau_scale: Literal["median", "neighbors"] = "median"
     """CenteredClip with adaptive_tau: the spread tau multiplies: median distance to the coordinate-wise
     median, or median distance to the (n - f)-th nearest update (attackers cannot inflate it)."""
     preaggregation: Literal["none", "nnm", "bucketing"] = "none"
@@ -577,6 +588,10 @@ class AggregationConfig:
     """A worker whose updates were rejected this many times is excluded."""
     outlier_ratio: float = 0.0
     """Strike a worker whose shard lies over this many median distances from the robust result (0 disables)."""
+
+    def resolved(self) -> AggregationConfig:
+        """This section with ``rule = "robust"`` replaced by :data:`ROBUST_PRESET` (itself otherwise)."""
+        return dataclasses.replace(self, **ROBUST_PRESET) if self.rule == "robust" else self
 
     @property
     def needs_robust_reducer(self) -> bool:

@@ -47,3 +47,13 @@ def test_bucketing_draws_the_same_buckets_within_a_round() -> None:
 def test_no_accepted_sender_gives_zeros() -> None:
     result = ShardAggregator(AggregationConfig(rule="median"))(STACK, torch.zeros(5))
     torch.testing.assert_close(result, torch.zeros(2))
+
+
+def test_robust_is_the_documented_preset() -> None:
+    from farsync.config import ROBUST_PRESET
+
+    stack = torch.randn(9, 6, generator=torch.Generator().manual_seed(2))
+    stack[6:] *= 100.0
+    preset = ShardAggregator(AggregationConfig(rule="robust"))(stack, torch.ones(9))
+    spelled_out = ShardAggregator(AggregationConfig(**ROBUST_PRESET))(stack, torch.ones(9))
+    torch.testing.assert_close(preset, spelled_out)

@@ -125,7 +125,7 @@ def check_byzantine_bounds(config: RunConfig) -> None:
                 f"the trimmed mean drops floor(beta x {n}) = {trimmed} values at each end, fewer than the "
                 f"{attackers}; needs beta >= {count / n:g} (and {count} < {n}/2)",
             )
-    if aggregation.rule in ("median", "centered_clip") and 2 * count >= n:
+    if aggregation.rule in ("median", "centered_clip", "robust") and 2 * count >= n:
         raise ConfigError(
             "byzantine.workers",
             config.byzantine.workers,

@@ -13,6 +13,8 @@ left is settled here, per call, because exclusions change it from round to round
   every shard is bucketed with the same permutation (the buckets are the same groups of workers as if the
   whole vectors were bucketed) and a peer re-computing an owner's shard draws the same buckets.
 
+``aggregation.rule = "robust"`` is resolved here into :data:`farsync.config.ROBUST_PRESET`.
+
 Weights: ``mean`` without pre-aggregation is the weighted mean (FedAvg's sample counts, like
 :class:`~farsync.reducers.base.MeanReducer`). Every other configuration gives each accepted worker the
 same weight: weights are self-reported, and a Byzantine worker claiming a huge count would otherwise buy
@@ -41,6 +43,9 @@ class ShardAggregator:
     """
 
     def __init__(self, config: AggregationConfig, adaptive_tau: bool | None = None, *, seed: int = 0) -> None:
+        preset = config.rule == "robust"
+        config = config.resolved()
+        adaptive_tau = None if preset else adaptive_tau  # the preset decides the radius
         self.config = config
         adaptive = config.adaptive_tau if adaptive_tau is None else adaptive_tau
         self.radius = config.tau_scale if adaptive else "fixed"
