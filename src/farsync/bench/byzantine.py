@@ -24,7 +24,8 @@ the one with the highest mean over the two regimes of its worst case (:func:`_ch
 the bytes of verifying a quarter of the shard owners per round on that defence (channel ``verify``).
 
 Cost: one seed (0) for the whole grid, because one synchronous run (300 steps x 3 collectives of 16
-threads) takes about a minute on two cores; the seconds of every run are in the JSON. Finished runs are
+threads) takes about a minute on two cores; the DiLoCo regime's :data:`NUM_FINALISTS` best defences are
+run again with :data:`CONFIRM_SEEDS`. The seconds of every run are in the JSON. Finished runs are
 cached by their varying settings (``FARSYNC_BENCH_CACHE``, default a ``farsync-byzantine`` folder in the
 temporary directory) so an interrupted sweep resumes where it stopped; use a fresh folder after changing
 the code or a default the runs rely on.
@@ -52,8 +53,10 @@ from farsync.train import read_results
 __all__ = [
     "ATTACKS",
     "CACHE_ENV",
+    "CONFIRM_SEEDS",
     "DEFENCES",
     "NUM_BYZANTINE",
+    "NUM_FINALISTS",
     "NUM_WORKERS",
     "REGIMES",
     "SYNC_DEFENCES",
@@ -118,6 +121,10 @@ SYNC_DEFENCES = (
 """The synchronous regime's defences (a run costs a minute): every rule with and without pre-aggregation,
 but not the trimmed mean (with beta = 0.44 it keeps the two middle values of 16, the median, and of 8
 buckets, the median again), and CenteredClip's other radii on the rule alone."""
+
+CONFIRM_SEEDS = (1, 2)
+"""Seeds added to the DiLoCo regime's best defences (:data:`NUM_FINALISTS`), to confirm their worst case."""
+NUM_FINALISTS = 3
 
 VERIFY_FRACTION = 0.25
 """Share of the owners verified per round in the verification-cost rows."""
@@ -304,6 +311,22 @@ def _choose(tables: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"defence": best, "settings": DEFENCES[best], "worst": complete[best]}
 
 
+def _confirm(
+    cache: _Cache, rows: list[dict[str, Any]], table: list[dict[str, Any]], attacks: list[str], num_steps: int
+) -> list[dict[str, Any]]:
+    """The DiLoCo regime's best defences again with :data:`CONFIRM_SEEDS`: worst cases over three seeds."""
+    finalists = [entry["defence"] for entry in table[:NUM_FINALISTS]]
+    extra = [
+        _one(cache, "diloco", defence, attack, num_steps, seed)
+        for seed in CONFIRM_SEEDS
+        for defence in finalists
+        for attack in ["none", *attacks]
+    ]
+    extra += [_one(cache, "diloco", "mean", "none", num_steps, seed) for seed in CONFIRM_SEEDS]
+    seed_zero = [r for r in rows if r["regime"] == "diloco" and r["defence"] in (*finalists, "mean")]
+    return _worst(seed_zero + extra, "diloco", finalists, attacks)
+
+
 def _sweep(
     cache: _Cache, regime: str, defences: list[str], attacks: list[str], num_steps: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -364,6 +387,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         tables[regime] = _worst(rows, regime, defences[regime], attacks)
     chosen = _choose(tables)
     meta["chosen"] = chosen
+    if not quick:
+        meta["confirmed_diloco"] = _confirm(cache, rows, tables["diloco"], attacks, steps["diloco"])
     meta["verification"] = _verification_cost(cache, chosen["defence"], steps)
     meta["targets"] = {
         **{
@@ -395,6 +420,20 @@ def _markdown(tables: dict[str, list[dict[str, Any]]], attacks: list[str], meta:
     ]
     for regime in REGIMES:
         lines += _markdown_regime(regime, tables[regime], attacks, meta)
+    if "confirmed_diloco" in meta:
+        seeds = ", ".join(str(seed) for seed in (0, *CONFIRM_SEEDS))
+        lines += [
+            f"DiLoCo's {NUM_FINALISTS} best defences over seeds {seeds} (mean accuracy per attack, then the worst):",
+            "",
+            "| defence | clean | worst | gap | worst attack |",
+            "|---|---|---|---|---|",
+        ]
+        for entry in meta["confirmed_diloco"]:
+            lines.append(
+                f"| {entry['defence']} | {entry['clean']:.3f} | **{entry['worst']:.3f}** | "
+                f"{100 * entry['gap_to_clean_mean']:+.1f} | {entry['worst_attack']} |"
+            )
+        lines.append("")
     lines += [
         f"Verification of the shard owners (`aggregation.verify_fraction = {VERIFY_FRACTION}`) on "
         f"{chosen['defence']}, no attacker:",
