@@ -63,8 +63,9 @@ def reference(
 
     Both variants step the consensus theta <- OuterSGD(theta, avg^{t-1}) one round late, then restart:
     delayed: x_i <- theta + (x_i - a_i);
-    eager:   x_i <- OuterSGD(theta, D_i^t) peeked, not taken (the worker's own pseudo-gradient standing in
-             for the average on the wire, through the consensus' Nesterov step).
+    eager:   x_i <- OuterSGD(theta, E_i) peeked, not taken, with E_i = A + beta_i (D_i^t - A), A the last
+             average to arrive, beta_i = drift / (drift + noise) from running means (newest sample weighted
+             1/2) of |avg^t - avg^{t-1}|^2 and |D_i^t - avg^t|^2 (beta = 1, E_i = D_i before any average).
     ``same_data``: every worker draws rank 0's samples.
     """
     w0 = make_model().weight.detach().clone()
@@ -72,6 +73,10 @@ def reference(
     anchor = [w0.clone() for _ in range(world)]
     consensus = HandOuterSGD(w0)
     previous_avg: torch.Tensor | None = None
+    last_avg: torch.Tensor | None = None
+    sent: list[torch.Tensor | None] = [None] * world
+    noise: list[float | None] = [None] * world
+    drift: float | None = None
     step = 0
     for _ in range(num_rounds):
         for _ in range(h):
@@ -80,14 +85,33 @@ def reference(
         own = [anchor[i] - x[i] for i in range(world)]
         average = sum(own) / world
         if previous_avg is not None:
+            for i in range(world):
+                if sent[i] is not None:
+                    noise[i] = _ema(noise[i], float((sent[i] - previous_avg).pow(2).sum()))
+            change = previous_avg - (last_avg if last_avg is not None else 0.0)
+            drift = _ema(drift, float(change.pow(2).sum()))
+            last_avg = previous_avg
             consensus.step(previous_avg)
         for i in range(world):
-            x[i] = consensus.w + (x[i] - anchor[i]) if variant == "delayed" else consensus.peek(own[i])
+            if variant == "delayed":
+                x[i] = consensus.w + (x[i] - anchor[i])
+            else:
+                estimate = own[i]
+                if last_avg is not None:
+                    n, d = noise[i], drift
+                    beta = 1.0 if n is None or d is None or n + d <= 0 else d / (d + n)
+                    estimate = last_avg + beta * (own[i] - last_avg)
+                x[i] = consensus.peek(estimate)
+                sent[i] = own[i]
             anchor[i] = x[i].clone()
         previous_avg = average
     assert previous_avg is not None
     consensus.step(previous_avg)
     return x, consensus.w
+
+
+def _ema(mean: float | None, sample: float) -> float:
+    return sample if mean is None else 0.5 * mean + 0.5 * sample
 
 
 def synchronous_reference(num_rounds: int, h: int) -> tuple[list[torch.Tensor], torch.Tensor]:

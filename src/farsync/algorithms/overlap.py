@@ -89,6 +89,7 @@ __all__ = ["OverlappedDiLoCo", "checked_pseudo_gradient", "lookahead"]
 logger = logging.getLogger(__name__)
 
 Named = dict[str, torch.Tensor]
+_EMA_WEIGHT = 0.5
 
 
 def checked_pseudo_gradient(pseudo: Named, weight: float, rank: int, what: str) -> tuple[Named, float]:
@@ -116,6 +117,16 @@ def lookahead(outer: OuterState, gradient: Named) -> Named:
     return trial.params
 
 
+def _copy(named: Named | None) -> Named | None:
+    return None if named is None else {name: tensor.clone() for name, tensor in named.items()}
+
+
+def _ema(mean: float | None, sample: float) -> float:
+    """Running mean that weighs the newest sample by ``_EMA_WEIGHT`` (the noise-to-drift ratio moves as
+    training goes: drift dominates early, noise late)."""
+    return sample if mean is None else (1 - _EMA_WEIGHT) * mean + _EMA_WEIGHT * sample
+
+
 class OverlappedDiLoCo(DiLoCo):
     """DiLoCo whose outer all-reduce overlaps the next round (see the module docstring for the equations)."""
 
@@ -139,7 +150,13 @@ class OverlappedDiLoCo(DiLoCo):
         self.timer = InnerStepTimer()
         self.time_budget_s: float | None = None
         self.sent: Named | None = None
-        """This worker's pseudo-gradient of the round in flight (eager: to measure its estimate's error)."""
+        """Eager: this worker's pseudo-gradient of the round in flight, and the estimate it restarted from."""
+        self.estimate: Named | None = None
+        self.last_average: Named | None = None
+        self.noise_sq: float | None = None
+        """Eager: running mean square of (own pseudo-gradient - its round's average)."""
+        self.drift_sq: float | None = None
+        """Eager: running mean square of (average - previous average)."""
         self.estimate_error: float | None = None
 
     # ------------------------------------------------------------------------------------ the round
@@ -160,26 +177,52 @@ class OverlappedDiLoCo(DiLoCo):
         # synchronisation at a time, so the new one cannot start (in emulated time) before the old one ends.
         previous = self._take_previous()
         if previous is not None:
-            self._note_estimate_error(previous)
+            self._observe(previous)
             self.outer.step(previous)
         self._set_budget()
         self.pending = self.background.submit(functools.partial(self.reducer, pseudo, weight))
         if self.variant == "eager":
             # A left-out worker (weight 0) has no estimate of its own; it restarts from theta.
             self.sent = pseudo if weight > 0 else None
-            start = lookahead(self.outer, pseudo) if weight > 0 else self.outer.params
+            self.estimate = self._estimate(pseudo) if weight > 0 else None
+            start = lookahead(self.outer, self.estimate) if self.estimate is not None else self.outer.params
         else:
             start = {name: self.outer.params[name] - pseudo[name] for name in pseudo}
         self._restart_from(start)
 
-    def _note_estimate_error(self, average: Named) -> None:
-        """Relative error of this worker's stand-in for ``average`` (eager; a per-round metric)."""
-        if self.sent is None:
-            return
-        error = sum(float((self.sent[n] - average[n]).pow(2).sum()) for n in average)
-        norm = sum(float(average[n].pow(2).sum()) for n in average)
-        self.estimate_error = (error / norm) ** 0.5 if norm > 0 else None
-        self.sent = None
+    def _estimate(self, own: Named) -> Named:
+        """The stand-in for the average on the wire: ``A + beta (own - A)``, ``A`` the last average.
+
+        ``beta = drift / (drift + noise)`` minimises the expected squared error when this worker's pseudo-
+        gradient is the coming average plus noise of mean square ``noise`` and the average moves by mean
+        square ``drift`` from one round to the next; both are measured on the rounds that arrived (module
+        docstring). Before any average has arrived the worker's own pseudo-gradient is the estimate.
+        """
+        if self.last_average is None:
+            return own
+        beta = self.shrinkage()
+        return {name: self.last_average[name] + beta * (own[name] - self.last_average[name]) for name in own}
+
+    def shrinkage(self) -> float:
+        """``beta`` of :meth:`_estimate`: 1 trusts this worker's pseudo-gradient alone, 0 the last average."""
+        if self.drift_sq is None or self.noise_sq is None or self.drift_sq + self.noise_sq <= 0:
+            return 1.0
+        return self.drift_sq / (self.drift_sq + self.noise_sq)
+
+    def _observe(self, average: Named) -> None:
+        """On an average's arrival: the noise and drift samples behind ``beta``, and the estimate's error."""
+
+        def sq(a: Named, b: Named | None) -> float:
+            return sum(float((a[n] - (b[n] if b is not None else 0.0)).pow(2).sum()) for n in average)
+
+        norm = sq(average, None)
+        if self.sent is not None:
+            self.noise_sq = _ema(self.noise_sq, sq(self.sent, average))
+        if self.estimate is not None and norm > 0:
+            self.estimate_error = (sq(self.estimate, average) / norm) ** 0.5
+        self.drift_sq = _ema(self.drift_sq, sq(average, self.last_average))
+        self.last_average = {name: tensor.clone() for name, tensor in average.items()}
+        self.sent = self.estimate = None
 
     def _take_previous(self) -> Named | None:
         if self.resolved is not None:
@@ -213,7 +256,7 @@ class OverlappedDiLoCo(DiLoCo):
         """Applies the last average and loads the (identical on every worker) global weights."""
         self.drain()
         if self.resolved is not None:
-            self._note_estimate_error(self.resolved)
+            self._observe(self.resolved)
             self.outer.step(self.resolved)
             self.resolved = None
         self.load_global_into_model()
@@ -230,6 +273,8 @@ class OverlappedDiLoCo(DiLoCo):
             values["time_budget_s"] = self.time_budget_s
         if self.estimate_error is not None:
             values["estimate_error"] = self.estimate_error
+        if self.variant == "eager":
+            values["estimate_shrinkage"] = self.shrinkage()
         values.update(reducer_metrics(self.reducer))
         return values
 
@@ -240,7 +285,11 @@ class OverlappedDiLoCo(DiLoCo):
             overlap=self.variant,
             resolved=None if self.resolved is None else {k: v.clone() for k, v in self.resolved.items()},
             anchor={k: v.clone() for k, v in self.anchor.items()},
-            sent=None if self.sent is None else {k: v.clone() for k, v in self.sent.items()},
+            sent=_copy(self.sent),
+            estimate=_copy(self.estimate),
+            last_average=_copy(self.last_average),
+            noise_sq=self.noise_sq,
+            drift_sq=self.drift_sq,
         )
         return state
 
@@ -249,5 +298,6 @@ class OverlappedDiLoCo(DiLoCo):
         self.pending = None
         self.resolved = state.get("resolved")
         self.anchor = {k: v.clone() for k, v in state["anchor"].items()}
-        sent = state.get("sent")
-        self.sent = None if sent is None else {k: v.clone() for k, v in sent.items()}
+        self.sent, self.estimate = _copy(state.get("sent")), _copy(state.get("estimate"))
+        self.last_average = _copy(state.get("last_average"))
+        self.noise_sq, self.drift_sq = state.get("noise_sq"), state.get("drift_sq")
