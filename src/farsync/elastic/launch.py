@@ -84,12 +84,10 @@ def _warm_up(config: RunConfig) -> None:
 class WorkerPool:
     """Worker processes by slot: start, SIGKILL, poll (the :class:`~farsync.sim.faults.Processes` interface).
 
-    Workers are forked from a fork server that has already imported torch and farsync, so a restart takes
+    Workers are forked from the launcher, which has already imported torch and farsync, so a restart takes
     milliseconds instead of the seconds an interpreter start costs (as with DataLoader workers, each child
     sets its own intra-op thread count). Each is still a separate process with its own store connections and
-    gloo groups, killed with a real SIGKILL. Why a fork server and not a plain fork of the launcher: the
-    launcher may hold threads (a test runner's leftover gloo or store threads, a plotting backend) whose
-    locks a forked child inherits locked; a child forked from the single-threaded server cannot deadlock so.
+    gloo groups, killed with a real SIGKILL.
     """
 
     def __init__(self, config: RunConfig, address: str, token_file: Path, out_dir: Path) -> None:
@@ -97,8 +95,7 @@ class WorkerPool:
         self.args = (str(out_dir / "config.toml"), address, str(token_file), str(out_dir))
         self.log_dir = out_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.context = mp.get_context("forkserver")
-        self.context.set_forkserver_preload(["farsync.elastic.launch", "farsync.elastic.worker"])
+        self.context = mp.get_context("fork")
         self.processes: dict[int, Any] = {}
 
     def slots(self) -> list[int]:
