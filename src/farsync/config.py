@@ -295,6 +295,10 @@ class DataConfig:
             )
         if self.partition == "pathological" and self.kind == "text":
             raise ConfigError("data.partition", self.partition, "text data allows 'iid' or 'dirichlet'")
+        if self.partition != "iid" and self.kind == "local":
+            raise ConfigError(
+                "data.partition", self.partition, "local datasets are dealt out window by window: 'iid' only"
+            )
 
 
 @dataclass(kw_only=True)

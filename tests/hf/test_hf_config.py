@@ -111,3 +111,23 @@ def test_keys_round_trip_and_are_checked() -> None:
     with pytest.raises(ConfigError, match="byte vocabulary"):
         load_config(None, ["data.tokenizer=bpe"])
     assert config_to_toml(load_config(None, TINY)).count("[logging]") == 1
+
+
+def test_the_example_is_a_10_to_20m_llama_on_2_replicas_of_2_shards() -> None:
+    pytest.importorskip("transformers")
+    from farsync.models.hf import check_hf_model_spec, estimate_num_parameters
+
+    # Prepare
+    config = load_config(Path(__file__).parents[2] / "examples" / "llama_tiny.toml")
+    spec = check_hf_model_spec(
+        config.model.architecture,
+        config.model.hf_size(),
+        None,
+        config.data.vocab_size,
+        config.model.context_length,
+    )
+    # Assert
+    assert 10_000_000 <= estimate_num_parameters(spec) <= 20_000_000
+    assert (config.num_workers // config.parallel.num_shards, config.parallel.num_shards) == (2, 2)
+    assert (config.algorithm.name, config.train.precision, config.data.tokenizer) == ("diloco", "bf16", "bpe")
+    assert config.logging.backends == ["tensorboard"]

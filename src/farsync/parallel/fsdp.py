@@ -58,8 +58,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from farsync.algorithms.base import params_sha256
+from farsync.comm.clock import Clock
 from farsync.comm.communicator import Communicator
 from farsync.comm.groups import backend_for, make_group
+from farsync.comm.ledger import ByteLedger
 from farsync.config import RunConfig
 from farsync.report.export import save_final_model
 from farsync.train import (
@@ -221,7 +223,6 @@ class ShardedWorker:
         self.layout = ShardLayout(ctx.world_size // shards, shards)
         self.replica, self.shard = self.layout.replica(ctx.rank), self.layout.shard(ctx.rank)
         self.shard_group = self._init_groups()
-        self.num_replica_ranks = shards
 
     # ------------------------------------------------------------------------------------------ set-up
     def _init_groups(self) -> Any:
@@ -264,7 +265,7 @@ class ShardedWorker:
         task.model = shard_model(task.model.to(self.ctx.device), mesh, config.train.precision)
         return task
 
-    def build_comm(self, loop_ledger: Any, clock: Any) -> Communicator:
+    def build_comm(self, ledger: ByteLedger, clock: Clock) -> Communicator:
         """This shard's sync group over the replicas, at the link of its slowest member."""
         config, ctx = self.config, self.ctx
         group = make_group(
@@ -279,15 +280,13 @@ class ShardedWorker:
             group,
             self.replica,
             self.layout.num_replicas,
-            ledger=loop_ledger,
+            ledger=ledger,
             clock=clock,
             link=link_for_group(config.network, self.layout.shard_ranks(self.shard)),
         )
 
     def parts(self) -> LoopParts:
-        from farsync.comm.clock import Clock
-        from farsync.comm.ledger import ByteLedger
-
+        """The loop's parts: the sharded task, this shard's sync communicator, the sharded step and hooks."""
         clock = Clock(self.config.network.emulation)
         ledger = ByteLedger(rank=self.ctx.rank)
         return LoopParts(
@@ -305,12 +304,13 @@ class ShardedWorker:
     # -------------------------------------------------------------------------------------- the parts
     def step(self, loop: TrainingLoop, inputs: Tensor, targets: Tensor) -> float:
         """This rank's slice of the replica's batch; the loss reported is the replica's (mean over shards)."""
-        rows = inputs.shape[0] // self.num_replica_ranks
+        shards = self.layout.num_shards
+        rows = inputs.shape[0] // shards
         begin = self.shard * rows
         loss = plain_step(loop, inputs[begin : begin + rows], targets[begin : begin + rows])
         total = torch.tensor([loss], dtype=torch.float64, device=self.ctx.device)
         dist.all_reduce(total, group=self.shard_group)
-        return float(total.item()) / self.num_replica_ranks
+        return float(total.item()) / shards
 
     def decorate(self, record: dict[str, Any]) -> None:
         record.setdefault("replica", self.replica)

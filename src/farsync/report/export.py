@@ -177,8 +177,16 @@ def load_exported(directory: str | os.PathLike[str]) -> Any:
 
 def save_final_model(model: nn.Module, run_dir: str | os.PathLike[str], tokenizer: Tokenizer | None) -> Path:
     """Writes ``model`` (holding the final global weights) and ``tokenizer`` to ``RUN_DIR/final/``."""
+    from transformers.utils import logging as hf_logging
+
     final = Path(run_dir) / FINAL_DIR
-    export_hf_directory(model, final, tokenizer, overwrite=True)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no "Writing model shards" bar mid-run
+    try:
+        export_hf_directory(model, final, tokenizer, overwrite=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     return final
 
 
