@@ -25,7 +25,9 @@ class Target:
 
     def __init__(self, config: Any) -> None:
         self.rounds = 0
-        self._outer = OuterState({"w": nn.Parameter(torch.zeros(4))}, config.algorithm)
+        self._outer = OuterState(
+            {"w": nn.Parameter(torch.zeros(4))}, config.algorithm.with_outer_recipe(config.num_workers)
+        )
 
     @property
     def outer(self) -> OuterState:

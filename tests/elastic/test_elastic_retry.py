@@ -23,7 +23,9 @@ class Target:
     """The smallest ElasticTarget: one parameter of global state, counters fixed at round 0."""
 
     def __init__(self, config: Any) -> None:
-        self._outer = OuterState({"w": nn.Parameter(torch.zeros(4))}, config.algorithm)
+        self._outer = OuterState(
+            {"w": nn.Parameter(torch.zeros(4))}, config.algorithm.with_outer_recipe(config.num_workers)
+        )
 
     @property
     def outer(self) -> OuterState:

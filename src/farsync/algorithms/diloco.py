@@ -48,9 +48,15 @@ class OuterState:
     ) -> None:
         self.params = {name: p.detach().clone().float() for name, p in named_params.items()}
         momentum = config.outer_momentum if momentum is None else momentum
+        lr = config.outer_lr if lr is None else lr
+        if lr <= 0 or momentum < 0:
+            raise ValueError(
+                f"outer lr {lr} / momentum {momentum} are still the 'use the rule' markers: resolve them "
+                "with AlgorithmConfig.with_outer_recipe(num_workers) first (lr must be > 0, momentum in [0, 1))"
+            )
         self.optimizer = torch.optim.SGD(
             list(self.params.values()),
-            lr=config.outer_lr if lr is None else lr,
+            lr=lr,
             momentum=momentum,
             nesterov=config.nesterov and momentum > 0,
         )

@@ -31,7 +31,7 @@ from farsync.elastic.client import EXIT_COORDINATOR_LOST, CoordinatorLost
 from farsync.elastic.coordinator import Coordinator
 from farsync.elastic.summary import read_worker_records, write_elastic_summary
 from farsync.elastic.token import read_token, write_token
-from farsync.elastic.worker import check_elastic_config
+from farsync.elastic.worker import HOLD_ENV, check_elastic_config
 from farsync.sim.faults import FaultInjector, FaultPlan
 from farsync.train.lifetime import become_worker_process
 
@@ -41,9 +41,10 @@ logger = logging.getLogger(__name__)
 
 
 def _worker_entry(
-    config_path: str, address: str, token_file: str, out_dir: str, slot: int, log_path: str
+    config_path: str, address: str, token_file: str, out_dir: str, slot: int, log_path: str, hold: str
 ) -> None:
-    """A worker process: output to its log file, its slot in the environment, then ``farsync worker``."""
+    """A worker process: output to its log file, its slot (and any hold point, see
+    :data:`farsync.elastic.worker.HOLD_ENV`) in the environment, then ``farsync worker``."""
     become_worker_process(os.getppid())  # dies with the launcher, even a SIGKILLed one
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
@@ -51,6 +52,10 @@ def _worker_entry(
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's own stdout
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.environ["FARSYNC_WORKER_ID"] = str(slot)
+    if hold:
+        os.environ[HOLD_ENV] = hold
+    else:
+        os.environ.pop(HOLD_ENV, None)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {slot}] %(levelname)s %(name)s: %(message)s")
     from farsync.config import load_config
     from farsync.elastic.worker import join
@@ -90,8 +95,17 @@ class WorkerPool:
     gloo groups, killed with a real SIGKILL.
     """
 
-    def __init__(self, config: RunConfig, address: str, token_file: Path, out_dir: Path) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        address: str,
+        token_file: Path,
+        out_dir: Path,
+        holds: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
         self.num_slots = config.num_workers
+        # slot -> (round, step) where its first incarnation parks until the fault injector kills it.
+        self.holds = dict(holds or {})
         self.args = (str(out_dir / "config.toml"), address, str(token_file), str(out_dir))
         self.log_dir = out_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +117,11 @@ class WorkerPool:
 
     def start(self, slot: int) -> None:
         log_path = str(self.log_dir / f"worker{slot}.log")
-        process = self.context.Process(target=_worker_entry, args=(*self.args, slot, log_path), daemon=True)
+        hold = self.holds.pop(slot, None)  # the first incarnation only: a restarted worker runs on
+        hold_text = f"{hold[0]},{hold[1]}" if hold is not None else ""
+        process = self.context.Process(
+            target=_worker_entry, args=(*self.args, slot, log_path, hold_text), daemon=True
+        )
         process.start()
         self.processes[slot] = process
 
@@ -126,6 +144,16 @@ class WorkerPool:
     def stop_all(self) -> None:
         for slot in list(self.processes):
             self.kill(slot)
+
+
+def _hold_points(faults: FaultPlan | None) -> dict[int, tuple[int, int]]:
+    """Each scheduled kill's worker parks at the kill's (round, step), so the SIGKILL lands where the plan
+    says even when the tiny test models run a round faster than the heartbeat reports progress (without
+    it, a loaded machine let workers run rounds past the point before the kill came)."""
+    holds: dict[int, tuple[int, int]] = {}
+    for kill in faults.kills if faults is not None else []:
+        holds.setdefault(kill.worker, (kill.round, kill.step))
+    return holds
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -164,7 +192,7 @@ def launch_elastic(
     store = open_store("127.0.0.1", 0, 1, is_master=True)
     coordinator = Coordinator(store, token=token, min_workers=config.elastic.min_workers)
     thread = coordinator.start_thread()
-    pool = WorkerPool(config, f"127.0.0.1:{store.port}", token_path, out_dir)
+    pool = WorkerPool(config, f"127.0.0.1:{store.port}", token_path, out_dir, holds=_hold_points(faults))
     injector = FaultInjector(faults, pool) if faults is not None else None
     begin = time.monotonic()
     for slot in pool.slots():

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ logger = logging.getLogger(__name__)
 EXIT_REFUSED = 3
 EXIT_SUPERSEDED = 4
 
+HOLD_ENV = "FARSYNC_HOLD_AT"
+"""``ROUND,STEP``: fault simulation only. The worker parks once its progress reaches that point (reporting
+it in its heartbeat) until it is killed, so a scheduled SIGKILL lands exactly there (elastic.launch)."""
+HOLD_MAX_S = 120.0
+"""A parked worker nobody kills goes on after this long, with a warning."""
+
 
 def check_elastic_config(config: RunConfig) -> None:
     """Elastic runs need a synchronous outer step over global weights (DiLoCo family, delay 0)."""
@@ -111,6 +118,10 @@ class ElasticMember:
     """
 
     def __init__(self, config: RunConfig, ctx: WorkerContext, client: CoordinatorClient) -> None:
+        # The algorithm sees a world-size-1 communicator here, so an outer lr / momentum left to the rule is
+        # resolved for the configured number of slots now (config.outer_recipe), as a plain run resolves it
+        # for its group; a quorum that shrinks for a while keeps the recipe of the full run.
+        config = dataclasses.replace(config, algorithm=config.algorithm.with_outer_recipe(config.num_workers))
         self.config, self.ctx, self.client = config, ctx, client
         clock = Clock(config.network.emulation)
         ledger = ByteLedger(rank=ctx.rank)
@@ -141,6 +152,25 @@ class ElasticMember:
         assert isinstance(algorithm, DiLoCo), "check_elastic_config admits the DiLoCo family only"
         self.diloco: DiLoCo = algorithm
         self.reducer.target = self
+        self.held: tuple[int, int] | None = None
+        """The (round, step) this worker is parked at, if any (see :data:`HOLD_ENV`)."""
+        hold = os.environ.get(HOLD_ENV, "")
+        if hold:
+            round_text, step_text = hold.split(",")
+            point = (int(round_text), int(step_text))
+            self.loop.optimizer.register_step_post_hook(lambda *_: self._hold_if_due(point))
+
+    def _hold_if_due(self, point: tuple[int, int]) -> None:
+        """After the optimizer step that reaches ``point``: report it and wait to be killed (once)."""
+        if self.held is not None or (self.diloco.round, self.loop.step + 1) < point:
+            return
+        self.held = (self.diloco.round, self.loop.step + 1)
+        deadline = time.monotonic() + HOLD_MAX_S
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        logger.warning(
+            "worker %d: held at %s for %gs and not killed; going on", self.ctx.rank, point, HOLD_MAX_S
+        )
 
     # ------------------------------------------------------------------------- ElasticTarget protocol
     @property
@@ -310,7 +340,9 @@ def join(
 
     def progress() -> tuple[int, int]:
         member = holder.get("member")
-        return (member.loop.algorithm.round, member.loop.step) if member is not None else (-1, -1)
+        if member is None:
+            return (-1, -1)
+        return member.held or (member.loop.algorithm.round, member.loop.step)
 
     client = CoordinatorClient(
         host,
