@@ -33,3 +33,13 @@ def test_compare_allreduce_on_a_slow_virtual_link_takes_at_least_the_link_time()
     assert result["kinds"]["fp32"]["bytes_sent"] == result["kinds"]["ring_fp32"]["bytes_sent"] == 4 * numel
     assert result["kinds"]["int4"]["bytes_sent"] < result["kinds"]["fp32"]["bytes_sent"] / 6
     assert result["speedup"]["fp32"] == 1.0 and result["link_speedup"]["int4"] > 6
+
+
+def test_compare_allreduce_reports_rates_and_compressed_bytes() -> None:
+    result = compare_allreduce(world_size=2, numel=8192, bandwidth_bps=1e9, kinds=("fp32", "int8"), repeats=1)
+    fp32, int8 = result["kinds"]["fp32"], result["kinds"]["int8"]
+    assert fp32["bytes_sent"] == 4 * 8192  # 2 (n-1)/n of 32 KiB at n = 2
+    assert int8["bytes_sent"] == 8192 + 4 * 8192 // 64
+    assert int8["fp32_equivalent_bytes_per_s"] > 0 and set(result["speedup"]) == {"fp32", "int8"}
+    # The link alone: 4 bytes per value against 1 + 4/64 (codes plus one fp32 scale per 64-value block).
+    assert result["link_speedup"]["int8"] == pytest.approx(4 / (1 + 4 / 64))

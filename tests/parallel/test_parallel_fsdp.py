@@ -29,6 +29,9 @@ from farsync.parallel.fsdp import ShardLayout, run_sharded_worker, transformer_b
 from farsync.train import WorkerContext, WorkerResult, run_training  # noqa: E402
 from farsync.train.task import build_task  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+"""Tokenizers and token caches go to each test's own directory (see tests/conftest.py)."""
+
 UNEVEN = ("model.intermediate_size=45",)
 
 

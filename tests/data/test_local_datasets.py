@@ -24,6 +24,9 @@ from farsync.data.local import (  # noqa: E402
 )
 from farsync.data.tokenizer import ByteTokenizer, train_bpe  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+"""Tokenizers and token caches go to each test's own directory (see tests/conftest.py)."""
+
 DOCS = ["first document: héllo\n", "second one\nwith two lines\n", "third, 日本\n"]
 
 

@@ -20,6 +20,9 @@ from farsync.report.loggers import (
     record_scalars,
 )
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+"""Tokenizers and token caches go to each test's own directory (see tests/conftest.py)."""
+
 RECORDS: list[dict[str, Any]] = [
     {"kind": "step", "step": 1, "loss": 5.5, "lr": 0.001, "tokens": 64, "worker": 0},
     {"kind": "step", "step": 1, "loss": 9.0, "worker": 1},

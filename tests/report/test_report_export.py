@@ -15,6 +15,9 @@ from farsync.models import GPT, GPTConfig  # noqa: E402
 from farsync.models.hf import HFCausalLM, build_hf_model  # noqa: E402
 from farsync.report.export import HFExportError, export_hf_directory, load_exported  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+"""Tokenizers and token caches go to each test's own directory (see tests/conftest.py)."""
+
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
 
 

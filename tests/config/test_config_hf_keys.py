@@ -10,6 +10,9 @@ import pytest
 from farsync import cli
 from farsync.config import ConfigError, config_to_toml, load_config
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+"""Tokenizers and token caches go to each test's own directory (see tests/conftest.py)."""
+
 TINY = [
     "model.kind=hf",
     "model.num_layers=1",

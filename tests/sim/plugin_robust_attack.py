@@ -1,4 +1,7 @@
-"""A plug-in attack for tests/robust: loaded by name as ``plugin_robust_attack:make_colluding_shift``."""
+"""A plug-in attack for test_sim_attacking_reducer.py.
+
+Loaded by name as ``plugin_robust_attack:make_colluding_shift``.
+"""
 
 import torch
 

@@ -21,6 +21,9 @@ from farsync.data.tokenizer import (
     train_bpe,
 )
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+"""Tokenizers and token caches go to each test's own directory (see tests/conftest.py)."""
+
 TEXT = "héllo wörld, 日本語\n\tdef f(x):\n    return x + 1  # é\n"
 TRAIN = [("the quick brown fox jumps over the lazy dog. " * 30), "hello world, hello farsync! " * 20, TEXT]
 

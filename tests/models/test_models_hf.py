@@ -22,6 +22,9 @@ from farsync.models.hf import (  # noqa: E402
     estimate_num_parameters,
 )
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+"""Tokenizers and token caches go to each test's own directory (see tests/conftest.py)."""
+
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_llama"
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64}
 

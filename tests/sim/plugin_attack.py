@@ -1,4 +1,4 @@
-"""Plug-in attack factories, loaded by name in test_byzantine_attacks.py."""
+"""Plug-in attack factories, loaded by name in test_sim_attacks.py."""
 
 import torch
 

@@ -24,6 +24,9 @@ from farsync.models.hf import HFCausalLM  # noqa: E402
 from farsync.train.checkpoint import find_latest, load_worker_state  # noqa: E402
 from farsync.train.task import build_task  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+"""Tokenizers and token caches go to each test's own directory (see tests/conftest.py)."""
+
 
 def _initial_eval_loss(config: RunConfig) -> float:
     task = build_task(
