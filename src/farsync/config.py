@@ -358,9 +358,10 @@ class AlgorithmConfig:
     do not read it (their record period is train.report_every)."""
     outer_lr: float = 0.0
     """Outer optimizer learning rate (DiLoCo: SGD with Nesterov momentum); 0 = the rule of
-    :func:`outer_recipe` for this run's number of workers M and H."""
+    :func:`outer_recipe` for this run's number of workers M and H (at H >= 30: 0.5 sqrt(M), at most 1)."""
     outer_momentum: float = -1.0
-    """Outer optimizer momentum in [0, 1) (0 disables); negative = the rule of :func:`outer_recipe`."""
+    """Outer optimizer momentum in [0, 1) (0 disables); negative = the rule of :func:`outer_recipe` (0.7 at
+    H >= 30, less for shorter rounds)."""
     nesterov: bool = True
     """Use Nesterov momentum in the outer optimizer."""
     num_warmup_rounds: int = 0
@@ -428,11 +429,20 @@ class AlgorithmConfig:
 def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
     """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps.
 
-    PLACEHOLDER rule, replaced by the one measured in ``farsync bench quality``.
+    With ``s = min(1, H / 30)``: ``momentum = 0.7 s`` and ``lr = 1 + (min(1, 0.5 sqrt(M)) - 1) s``, i.e. at
+    H >= 30 momentum 0.7 and lr 0.5 sqrt(M) capped at 1 (M = 2: 0.71, M >= 4: 1.0), moving linearly towards
+    plain averaging (lr 1, no momentum, what H = 1 amounts to) as H shrinks.
+
+    Measured by ``farsync bench quality`` (H = 30, 40 rounds, ~18 tokens per parameter; the table is in
+    ``benchmarks/results/quality.md``): at M = 4, momentum 0.7 with lr 1.0 beat 0.5 and 0.9 (lr 0.7 to 1.5);
+    at M = 2, lr 0.7 beat 1.0; at M = 8, lr 1.0 beat 1.4. The paper default 0.7 / 0.9 was worse at M = 4:
+    with tens of rounds, not thousands, momentum 0.9 builds up too slowly (issue 11's 30-round probe at
+    H = 10: 0.7 / 0.5 ended at 2.393, 0.7 / 0.9 at 2.610). The best outer lr rising with M agrees with
+    Charles et al. 2025 (arXiv 2503.09799). Below H = 30 the rule is an interpolation, not a measurement.
     """
-    m = max(1, num_workers)
-    lr = min(1.2, max(0.6, 0.6 + 0.15 * math.log2(m)))
-    return round(lr, 3), 0.5
+    s = min(1.0, max(1, num_inner_steps) / 30)
+    lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
+    return round(lr, 2), round(0.7 * s, 2)
 
 
 COMPRESSION_KINDS = ("none", "fp16", "bf16", "int8", "int4", "uint8_lookup", "topk", "lowrank")
@@ -546,13 +556,15 @@ AGGREGATION_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "ce
 
 ROBUST_PRESET: dict[str, Any] = {
     "rule": "centered_clip",
-    "preaggregation": "none",
+    "preaggregation": "nnm",
     "adaptive_tau": True,
     "tau_scale": "neighbors",
-    "tau": 0.5,
+    "tau": 1.0,
 }
 """What ``aggregation.rule = "robust"`` selects: the defence with the best worst case in
-``farsync bench byzantine`` (docs/robust.md has the table). It sets these fields whatever they say."""
+``farsync bench byzantine`` (CenteredClip, radius from the distance to the (n - f)-th nearest update,
+after nearest-neighbour mixing; benchmarks/results/byzantine.md and docs/robust.md have the table, and a
+test keeps this equal to the benchmark's choice). It sets these fields whatever they say."""
 
 
 @dataclass(kw_only=True)

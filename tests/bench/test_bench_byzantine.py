@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from bench_helpers import finite, smoke_size, written
 
 from farsync.bench import run_benchmark
 from farsync.bench.byzantine import CACHE_ENV
+from farsync.config import load_config
 
 
 def test_byzantine_writes_the_worst_case_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,3 +36,14 @@ def test_byzantine_writes_the_worst_case_tables(tmp_path: Path, monkeypatch: pyt
             assert entry["by_attack"][entry["worst_attack"]] == entry["worst"]
     assert data["meta"]["chosen"]["defence"] in defences
     assert "## Synchronous SGD" in markdown and "## DiLoCo" in markdown and "| worst |" in markdown
+
+
+def test_robust_preset_is_the_committed_benchmarks_choice() -> None:
+    # Prepare: the defence the committed full benchmark chose, as settings
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "byzantine.json"
+    chosen = json.loads(results.read_text())["meta"]["chosen"]
+    # Execute
+    from_bench = load_config(None, chosen["settings"]).aggregation
+    preset = load_config(None, ["aggregation.rule=robust"]).aggregation.resolved()
+    # Assert: aggregation.rule = "robust" selects exactly that defence
+    assert preset == from_bench, (preset, chosen)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,7 +178,7 @@ def _corpus(data: DataConfig) -> TextCorpus:
     return load_stdlib_corpus(val_percent=data.val_percent, max_bytes=data.max_bytes)
 
 
-def _tokenizer(data: DataConfig, training_texts: Any) -> Tokenizer:
+def _tokenizer(data: DataConfig, training_texts: Callable[[], list[str]]) -> Tokenizer:
     """``data.tokenizer``; ``training_texts()`` gives the texts a BPE is trained on (only called for bpe)."""
     try:
         if data.tokenizer == "bpe":
@@ -211,8 +211,11 @@ def text_data(data: DataConfig, context_length: int, num_workers: int, seed: int
             raise ConfigError("data.path", data.path, _one_line(error)) from None
         return TextData(tokenizer, dataset=dataset)
     corpus = _corpus(data)
-    texts = lambda: [bytes(b.numpy()).decode("utf-8", errors="replace") for _, b in corpus.train_files]  # noqa: E731
-    tokenizer = _tokenizer(data, texts)
+
+    def training_files() -> list[str]:
+        return [bytes(tokens.numpy()).decode("utf-8", errors="replace") for _, tokens in corpus.train_files]
+
+    tokenizer = _tokenizer(data, training_files)
     if data.tokenizer != "bytes":
         corpus = tokenize_corpus(corpus, tokenizer)
     return TextData(tokenizer, corpus=corpus)
