@@ -52,6 +52,21 @@ itself follows synchronous DiLoCo up to second-order effects of where the worker
 probe the paper's estimate passed through the look-ahead ended at 2.93 and the one-round-old average at
 2.98; the worker's own pseudo-gradient at 2.71 (see ``benchmarks/results/quality.md`` for the benchmark).
 
+Where eager still loses, and why. In ``farsync bench quality`` (M = 4, H = 30, 40 rounds, 137k parameters,
+8 sequences of 64 bytes per worker step) eager ends +23% above synchronous DiLoCo and delayed +13%, the
+reverse of the paper's order. The estimate is the weak link: the run's ``estimate_error`` (distance from
+the stand-in to the average that arrives, relative to the average) is 0.3 to 1.0, and 0.5 to 2.0 for the
+worker's raw pseudo-gradient, because at batches this small a worker's pseudo-gradient is mostly its own
+noise; the start point carries that error times ``lr (1 + mu)``, and the inner AdamW steps spend the round
+undoing it. A probe with a temporary switch in this method (2-layer width-32 GPT, 4 workers, 300 steps,
+H = 15; final eval loss, synchronous 2.513, delayed 2.569): this estimate 2.709; the raw own
+pseudo-gradient 2.763; the same without the look-ahead (``theta - estimate``) 2.723; the last average alone
+3.156; restarting from ``theta`` 3.391; the own pseudo-gradient scaled by signal / (signal + noise) 2.669.
+With 8x larger worker batches (200 steps, H = 10) the order held: synchronous 2.442, delayed 2.540, eager
+2.692. Nothing that starts from a look-ahead on an estimate beat delayed here; the paper's regime (500M
+parameters, large batches) has estimates close to the average. On small or noisy workers prefer
+``delayed``.
+
 Compute never waits on communication while one round's all-reduce takes less than the next round's H inner
 steps: before each all-reduce the reducer's ``time_budget_s`` (adaptive compressed reducers have one) is set
 to H x the measured inner-step compute time (:mod:`farsync.algorithms.step_timer`).
