@@ -45,7 +45,7 @@ from farsync.config import outer_recipe
 
 __all__ = ["run"]
 
-SECTIONS = ("ddp", "recipes", "overlap", "compression", "dilocox", "time")
+SECTIONS = ("ddp", "recipes", "inner", "overlap", "compression", "dilocox", "time")
 """The sections run by default; ``levers`` runs when named in ``FARSYNC_QUALITY_SECTIONS``."""
 GLOBAL_BATCH = 32
 EVAL_WINDOWS = 128
@@ -59,6 +59,16 @@ RECIPES: dict[tuple[int, int], list[tuple[float, float]]] = {
     (8, 30): [(1.0, 0.7), (1.4, 0.7)],
 }
 """(M, H) -> (outer lr, momentum) pairs swept with synchronous DiLoCo."""
+TUNED_INNER_LR = 2e-3
+"""DiLoCo's best inner learning rate at M = 4 in the ``levers`` rows (8e-3, 4e-3, 2e-3, 1e-3, 5e-4 tried):
+each worker's batch is a quarter of DDP's, and DDP's best rate is too high for it."""
+INNER_RECIPES: dict[int, list[tuple[float, float]]] = {
+    2: [(0.71, 0.7)],
+    4: [(1.0, 0.7), (0.7, 0.7), (1.4, 0.7)],
+    8: [(1.0, 0.7)],
+}
+"""The ``inner`` section: (outer lr, momentum) per M at :data:`TUNED_INNER_LR`, H = 30 (the rule's recipe, and
+at M = 4 one step either side of it)."""
 COMPRESSION: dict[str, list[str]] = {
     "int4": ["compression.kind=int4"],
     "int4_ef": ["compression.kind=int4", "compression.error_feedback=true"],
@@ -75,9 +85,13 @@ COMPRESSION: dict[str, list[str]] = {
 
 LEVERS: dict[str, list[str]] = {
     "inner_lr0.004": ["train.lr=0.004"],
+    "inner_lr0.002": ["train.lr=0.002"],
+    "inner_lr0.001": ["train.lr=0.001"],
+    "inner_lr0.0005": ["train.lr=0.0005"],
     "warmup4x5": ["algorithm.num_warmup_rounds=4", "algorithm.num_warmup_inner_steps=5"],
 }
-"""Recipe levers tried on the best M = 4 recipe: half the inner learning rate; 4 warm-up rounds of H = 5."""
+"""Recipe levers tried on the best M = 4 recipe: half and a quarter of the inner learning rate (each worker's
+batch is a quarter of DDP's); 4 warm-up rounds of H = 5."""
 DILOCOX = [
     "algorithm.name=dilocox",
     "algorithm.overlap=delayed",
@@ -172,6 +186,25 @@ def _recipe_rows(bench: _Bench, lr: float, first: bool) -> list[dict[str, Any]]:
             name = f"diloco_m{m}_h{h}_olr{outer_lr:g}_mom{momentum:g}"
             row = bench.run(name, [*_base(m, bench.quick), f"train.lr={lr}", *_diloco(outer_lr, momentum, h)])
             row.update(m=m, h=h, outer_lr=outer_lr, outer_momentum=momentum)
+            rows.append(row)
+    return rows
+
+
+def _inner_rows(bench: _Bench) -> list[dict[str, Any]]:
+    """Synchronous DiLoCo at :data:`TUNED_INNER_LR` (M = 2, 4, 8; H = 30)."""
+    if bench.quick or "inner" not in bench.sections:
+        return []
+    rows = []
+    for m, pairs in INNER_RECIPES.items():
+        for outer_lr, momentum in pairs:
+            name = f"diloco_m{m}_h{bench.h}_olr{outer_lr:g}_mom{momentum:g}_inner{TUNED_INNER_LR:g}"
+            overrides = [
+                *_base(m, False),
+                f"train.lr={TUNED_INNER_LR}",
+                *_diloco(outer_lr, momentum, bench.h),
+            ]
+            row = bench.run(name, overrides)
+            row.update(m=m, h=bench.h, outer_lr=outer_lr, outer_momentum=momentum, inner_lr=TUNED_INNER_LR)
             rows.append(row)
     return rows
 
@@ -528,8 +561,30 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
             "",
             _recipe_table(recipe_rows),
         ]
+    inner_rows = _inner_rows(bench)
+    _compare(inner_rows, ddp)
+    data["inner"] = inner_rows
+    if inner_rows:
+        lines += [
+            "",
+            f"## Synchronous DiLoCo at the tuned inner learning rate {TUNED_INNER_LR:g} (H = {bench.h})",
+            "",
+            "The grid above uses DDP's best rate (8e-3) inside the workers; the `levers` rows below show "
+            f"that DiLoCo's own best is {TUNED_INNER_LR:g} at M = 4.",
+            "",
+            markdown_table(
+                inner_rows,
+                [
+                    ("outer lr", "outer_lr", "g"),
+                    ("momentum", "outer_momentum", "g"),
+                    *COLUMNS[:6],
+                    *COLUMNS[7:],
+                ],
+            ),
+        ]
+    if recipe_rows or inner_rows:
         for m, limit in ((2, 0.007), (4, 0.02), (8, 0.039)):
-            best = _best_recipe(recipe_rows, m, bench.h)
+            best = _best_recipe([*recipe_rows, *inner_rows], m, bench.h)
             if best is not None:
                 targets[f"diloco_m{m}_h{bench.h}_within_{limit:.1%}_of_ddp"] = [
                     round(best["loss_vs_ddp"], 4),
