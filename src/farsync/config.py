@@ -435,7 +435,8 @@ def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
 
     Measured by ``farsync bench quality`` (H = 30, 40 rounds, ~18 tokens per parameter; the table is in
     ``benchmarks/results/quality.md``): at M = 4, momentum 0.7 with lr 1.0 beat 0.5 and 0.9 (lr 0.7 to 1.5);
-    at M = 2, lr 0.7 beat 1.0; at M = 8, lr 1.0 beat 1.4. The paper default 0.7 / 0.9 was worse at M = 4:
+    at M = 2, lr 0.7 beat 1.0; at M = 8, lr 1.0 beat 1.4; at DiLoCo's own best inner learning rate (a
+    quarter of DDP's) M = 4 again preferred lr 1.0 to 0.7 and 1.4. The paper default 0.7 / 0.9 was worse at M = 4:
     with tens of rounds, not thousands, momentum 0.9 builds up too slowly (issue 11's 30-round probe at
     H = 10: 0.7 / 0.5 ended at 2.393, 0.7 / 0.9 at 2.610). The best outer lr rising with M agrees with
     Charles et al. 2025 (arXiv 2503.09799). Below H = 30 the rule is an interpolation, not a measurement.
