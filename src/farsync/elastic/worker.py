@@ -153,23 +153,24 @@ class ElasticMember:
         self.diloco: DiLoCo = algorithm
         self.reducer.target = self
         self.held: tuple[int, int] | None = None
-        """The (round, step) this worker is parked at, if any (see :data:`HOLD_ENV`)."""
+        """The (round, step) this worker is parked at, while it is (see :data:`HOLD_ENV`)."""
         hold = os.environ.get(HOLD_ENV, "")
-        if hold:
-            round_text, step_text = hold.split(",")
-            point = (int(round_text), int(step_text))
-            self.loop.optimizer.register_step_post_hook(lambda *_: self._hold_if_due(point))
+        self._hold_point = tuple(int(part) for part in hold.split(",")) if hold else None
+        if self._hold_point is not None:
+            self.loop.optimizer.register_step_post_hook(lambda *_: self._hold_if_due())
 
-    def _hold_if_due(self, point: tuple[int, int]) -> None:
-        """After the optimizer step that reaches ``point``: report it and wait to be killed (once)."""
-        if self.held is not None or (self.diloco.round, self.loop.step + 1) < point:
+    def _hold_if_due(self) -> None:
+        """After the optimizer step that reaches the hold point: report it and wait to be killed (once)."""
+        here = (self.diloco.round, self.loop.step + 1)  # the loop counts this step after the hook
+        if self._hold_point is None or here < self._hold_point:
             return
-        self.held = (self.diloco.round, self.loop.step + 1)
+        self._hold_point, self.held = None, here
         deadline = time.monotonic() + HOLD_MAX_S
         while time.monotonic() < deadline:
             time.sleep(0.05)
+        self.held = None
         logger.warning(
-            "worker %d: held at %s for %gs and not killed; going on", self.ctx.rank, point, HOLD_MAX_S
+            "worker %d: held at %s for %gs and not killed; going on", self.ctx.rank, here, HOLD_MAX_S
         )
 
     # ------------------------------------------------------------------------- ElasticTarget protocol
