@@ -80,7 +80,9 @@ def test_ctrl_c_prints_one_line_per_process_and_no_traceback(tmp_path: Path) -> 
         everyone = children(launcher.pid)
         # Execute: Ctrl-C reaches every process of the group
         os.killpg(launcher.pid, signal.SIGINT)
-        _, err = launcher.communicate(timeout=30)
+        # The launcher stops its workers within its 3 s SIGTERM grace; the generous limit is a hang guard
+        # (a full suite on a loaded 2-core machine once needed more than 30 s for the pipes to close).
+        _, err = launcher.communicate(timeout=90)
         left = wait_gone(everyone, 10.0)
     finally:
         _kill_all(everyone)
