@@ -3,12 +3,16 @@ and finding a launcher's worker processes in /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +78,45 @@ def records(run_dir: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------- processes
 
 
+@contextlib.contextmanager
+def _foreground_sigint() -> Iterator[None]:
+    """While a child starts: SIGINT handled and unblocked here, so the child starts with SIGINT as a shell's
+    foreground job has it (default action, deliverable). An ignored or blocked SIGINT is inherited across
+    exec, and a Python child that starts with SIGINT ignored never turns Ctrl-C into KeyboardInterrupt;
+    whatever an earlier test or library left in this process must not decide what a Ctrl-C test sees."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
+
+
 def farsync_process(argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-    """``python -m farsync.cli ARGV`` as a child process, output captured."""
+    """``python -m farsync.cli ARGV`` as a child process, output captured, SIGINT as in a foreground job."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "farsync.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        **kwargs,
-    )
+    with _foreground_sigint():
+        return subprocess.Popen(
+            [sys.executable, "-m", "farsync.cli", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            **kwargs,
+        )
+
+
+def signal_state(pid: int) -> str:
+    """The process's signal masks and state from /proc (for a failure message)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "gone"
+    return "; ".join(line for line in lines if line.startswith(("State", "SigBlk", "SigIgn", "SigCgt")))
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
