@@ -11,20 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tiny_runs import TINY_GPT
 
 from farsync.config import RunConfig, load_config
 
-TINY = [
-    "model.num_layers=1",
-    "model.width=32",
-    "model.num_heads=2",
-    "model.context_length=16",
-    "train.batch_size=2",
-    "train.num_eval_batches=2",
-    "train.warmup_steps=2",
-    "data.max_bytes=200000",
-    "network.emulation=virtual",
-]
+TINY = [*TINY_GPT, "network.emulation=virtual"]
 """A one-block, 32-wide GPT on 200 kB of the embedded corpus: a step takes milliseconds."""
 
 TINY_HF = [

@@ -11,6 +11,8 @@ import json
 import threading
 from pathlib import Path
 
+from tiny_runs import TINY_GPT
+
 from farsync.comm.groups import open_store
 from farsync.config import load_config
 from farsync.elastic.coordinator import Coordinator
@@ -20,17 +22,10 @@ from farsync.launch.local import launch
 
 OVERRIDES = [
     "num_workers=2",
-    "model.num_layers=1",
-    "model.width=32",
-    "model.num_heads=2",
-    "model.context_length=16",
-    "train.batch_size=2",
-    "train.num_eval_batches=2",
-    "train.warmup_steps=2",
+    *TINY_GPT,
     "train.num_steps=10",
     "train.eval_every=1000",
     "algorithm.num_inner_steps=5",
-    "data.max_bytes=200000",
     "network.emulation=off",
     "checkpoint.every_rounds=0",
     "elastic.min_workers=2",  # both workers form the first quorum: the run is the plain run's

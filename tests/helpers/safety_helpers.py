@@ -6,19 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tiny_runs import TINY_GPT
+
 from farsync.config import RunConfig, load_config
 from farsync.launch.local import launch
 
 TINY = [
-    "model.num_layers=1",
-    "model.width=32",
-    "model.num_heads=2",
-    "model.context_length=16",
-    "train.batch_size=2",
-    "train.num_eval_batches=2",
-    "train.warmup_steps=2",
+    *TINY_GPT,
     "train.eval_every=1000",
-    "data.max_bytes=200000",
     "network.emulation=virtual",
     "checkpoint.every_rounds=0",
     "num_workers=2",

@@ -17,21 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_runs import TINY_GPT
 
 from farsync import cli
 from farsync.config import load_config
 from farsync.launch.local import launch
 
 TINY = [
-    "model.num_layers=1",
-    "model.width=32",
-    "model.num_heads=2",
-    "model.context_length=16",
-    "train.batch_size=2",
-    "train.num_eval_batches=2",
-    "train.warmup_steps=2",
+    *TINY_GPT,
     "train.eval_every=1000",
-    "data.max_bytes=200000",
     "network.emulation=off",
 ]
 """A one-block, 32-wide GPT on 200 kB of the embedded corpus: a step takes milliseconds."""
