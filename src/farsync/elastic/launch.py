@@ -29,7 +29,7 @@ from farsync.comm.groups import open_store
 from farsync.config import RunConfig, config_to_toml
 from farsync.elastic.client import EXIT_COORDINATOR_LOST, CoordinatorLost
 from farsync.elastic.coordinator import Coordinator
-from farsync.elastic.summary import read_worker_records, write_elastic_summary
+from farsync.elastic.summary import ELASTIC_FIGURES, read_worker_records, write_elastic_summary
 from farsync.elastic.token import read_token, write_token
 from farsync.elastic.worker import HOLD_ENV, check_elastic_config
 from farsync.sim.faults import FaultInjector, FaultPlan
@@ -221,6 +221,16 @@ def launch_elastic(
     return _write_outputs(config, out_dir, coordinator, injector, previous, time.monotonic() - begin)
 
 
+def _source_summary(path: Path) -> dict[str, Any] | None:
+    """The final quorum's source's summary, or None when it did not finish writing it (a source killed
+    between writing the ``farsync train`` fields and adding the elastic ones leaves them out)."""
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if all(key in summary for key in ELASTIC_FIGURES) else None
+
+
 def _write_outputs(
     config: RunConfig,
     out_dir: Path,
@@ -232,10 +242,8 @@ def _write_outputs(
     from farsync.report.plots import plot_run  # matplotlib: imported only when a run has finished
 
     worker_records = read_worker_records(out_dir)
-    summary_path = out_dir / "summary.json"
-    if summary_path.is_file():  # written by the final quorum's source
-        summary: dict[str, Any] = json.loads(summary_path.read_text())
-    else:
+    summary = _source_summary(out_dir / "summary.json")  # written by the final quorum's source
+    if summary is None:
         results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("result.worker*.json"))]
         if not results:
             raise RuntimeError(f"no elastic worker finished; see the logs in {out_dir / 'logs'}")
@@ -258,5 +266,5 @@ def _write_outputs(
         elastic_elapsed_s=elapsed_s,
         num_kills=sum(1 for e in injector.log if e["kind"] == "kill") if injector is not None else 0,
     )
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,5 +116,7 @@ def write_elastic_summary(
         num_finished_workers=len(results),
         global_params_equal=len(set(hashes)) == 1,
     )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    temporary = out_dir / "summary.json.tmp"  # replaced in one step: a reader sees the old or the whole new
+    temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(temporary, out_dir / "summary.json")
     return summary
