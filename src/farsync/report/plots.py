@@ -10,8 +10,33 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-__all__ = ["load_metrics", "plot_comparison", "plot_run"]
+__all__ = ["format_count", "load_metrics", "plot_comparison", "plot_run"]
+
+_COUNT_SUFFIXES = ("", "k", "M", "B", "T")
+
+
+def format_count(value: float) -> str:
+    """A count as a short tick label: ``950``, ``2.5k``, ``100k``, ``2.5M``, ``1.2B`` (three significant digits).
+
+    Raw integers such as ``12500000`` run into their neighbours on a token axis.
+    """
+    magnitude = abs(value)
+    for power, suffix in enumerate(_COUNT_SUFFIXES):
+        scaled = magnitude / 1000**power
+        text = f"{scaled:.3g}"
+        # Rounding can carry into the next unit (999_999 -> "1e+03" k): move up a unit then.
+        if float(text) < 1000 or power == len(_COUNT_SUFFIXES) - 1:
+            sign = "-" if value < 0 and float(text) != 0 else ""
+            return f"{sign}{text}{suffix}"
+    raise AssertionError("unreachable")
+
+
+def _label_tokens(axis: Axes) -> None:
+    axis.set_xlabel("tokens per worker")
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _position: format_count(value)))
 
 
 def load_metrics(path: Path) -> list[dict[str, Any]]:
@@ -40,7 +65,7 @@ def plot_run(metrics_path: Path, out_path: Path, title: str = "") -> None:
         right.plot(
             [max(r["bytes_sent"], 1) for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval"
         )
-    left.set_xlabel("tokens per worker")
+    _label_tokens(left)
     left.set_ylabel("loss")
     right.set_xlabel("bytes sent per worker")
     right.set_xscale("log")
@@ -66,7 +91,7 @@ def plot_comparison(run_dirs: list[Path], out_path: Path) -> None:
         right.plot(
             [max(r["bytes_sent"], 1) for r in evals], [r["eval_loss"] for r in evals], "o-", label=label
         )
-    left.set_xlabel("tokens per worker")
+    _label_tokens(left)
     right.set_xlabel("bytes sent per worker")
     right.set_xscale("log")
     for axis in (left, right):
