@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench_helpers import finite, smoke_size, written
+from bench_helpers import assert_versus_ddp, finite, smoke_size, written
 
 from farsync.bench import run_benchmark
 from farsync.bench.core import DILOCO_RECIPE
@@ -21,6 +21,7 @@ def test_core_writes_every_row_with_finite_numbers(tmp_path: Path, monkeypatch: 
     for name, row in rows.items():
         assert finite(row["final_eval_loss"], row["wall_s"], row["loss_vs_ddp"], row["speedup_vs_ddp"]), name
         assert row["num_steps"] == data["num_steps"] and f"| {name} |" in markdown
+    assert_versus_ddp(rows, markdown, wall_key="wall_s")
     assert rows["single_worker"]["bytes_sent_per_worker"] == 0
     assert rows["ddp"]["bytes_sent_per_worker"] > rows[DILOCO_RECIPE]["bytes_sent_per_worker"] > 0
     overhead = data["overhead"]

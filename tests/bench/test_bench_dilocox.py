@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bench_helpers import finite, smoke_size, written
+from bench_helpers import assert_versus_ddp, finite, smoke_size, written
 
 from farsync.bench import run_benchmark
 
@@ -36,6 +36,7 @@ def test_dilocox_writes_every_variant_with_finite_numbers(
             row["final_eval_loss"], row["wall_with_drain_s"], row["bytes_vs_ddp"], row["speedup_vs_ddp"]
         )
         assert 0 < row["utilization"] <= 1 and f"| {name} |" in markdown, name
+    assert_versus_ddp(rows, markdown, wall_key="wall_with_drain_s")
     assert 0 < rows["dilocox"]["bytes_sent_per_worker"] < rows["diloco"]["bytes_sent_per_worker"]
     assert rows["dilocox"]["ranks"] and rows["dilocox"]["bits"]  # the adaptive choices, read from its metrics
     assert finite(data["bandwidth_bps"], data["probe"]["step_s"]) and data["bandwidth_bps"] > 0

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from farsync.config import config_to_toml, load_config
 from farsync.launch.local import launch
 
-__all__ = ["SMOKE_ENV", "markdown_table", "run_cached", "smoke", "write_results"]
+__all__ = ["SMOKE_ENV", "markdown_table", "run_cached", "smoke", "versus_ddp", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,21 @@ def run_cached(
             flush=True,
         )
     return {"name": name, "config_sha": digest, "overrides": overrides, **summary}
+
+
+def versus_ddp(row: dict[str, Any], ddp: dict[str, Any], *, wall_key: str = "wall_s") -> dict[str, float]:
+    """A run's figures against the DDP run's, as the tables print them:
+
+    - ``loss_vs_ddp``: ``loss / ddp_loss - 1`` (final eval loss; +0.03 = 3% worse than DDP, negative = better);
+    - ``bytes_vs_ddp``: ``ddp_bytes / bytes`` (times fewer bytes sent per worker; a run that sends nothing
+      counts as 1 byte);
+    - ``speedup_vs_ddp``: ``ddp_wall / wall`` (``wall_key`` names the wall-clock figure).
+    """
+    return {
+        "loss_vs_ddp": row["final_eval_loss"] / ddp["final_eval_loss"] - 1.0,
+        "bytes_vs_ddp": ddp["bytes_sent_per_worker"] / max(row["bytes_sent_per_worker"], 1),
+        "speedup_vs_ddp": ddp[wall_key] / row[wall_key],
+    }
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:

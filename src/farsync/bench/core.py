@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from farsync.bench.common import markdown_table, run_cached, smoke, write_results
+from farsync.bench.common import markdown_table, run_cached, smoke, versus_ddp, write_results
 from farsync.bench.overhead import measure_overhead
 from farsync.config import ModelConfig
 
@@ -80,9 +80,7 @@ def _longer_runs(quick: bool, runs_dir: Path) -> list[dict[str, Any]]:
         run_cached(f"diloco_{steps}steps", [*base, *SWEEP[DILOCO_RECIPE]], runs_dir),
     ]
     for row in rows:
-        row["loss_vs_ddp"] = row["final_eval_loss"] / rows[0]["final_eval_loss"] - 1.0
-        row["bytes_vs_ddp"] = rows[0]["bytes_sent_per_worker"] / max(row["bytes_sent_per_worker"], 1)
-        row["speedup_vs_ddp"] = rows[0]["wall_s"] / row["wall_s"]
+        row.update(versus_ddp(row, rows[0]))
         row["mb_sent"] = row["bytes_sent_per_worker"] / 1e6
     return rows
 
@@ -112,9 +110,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         rows.append(run_cached(name, overrides, runs_dir))
     ddp = rows[0]
     for row in rows:
-        row["loss_vs_ddp"] = row["final_eval_loss"] / ddp["final_eval_loss"] - 1.0
-        row["bytes_vs_ddp"] = ddp["bytes_sent_per_worker"] / max(row["bytes_sent_per_worker"], 1)
-        row["speedup_vs_ddp"] = ddp["wall_s"] / row["wall_s"]
+        row.update(versus_ddp(row, ddp))
     torch.set_num_threads(1)
     overhead = measure_overhead(
         ModelConfig() if not quick else ModelConfig(num_layers=1, width=32, num_heads=2, context_length=32),

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from farsync.bench.allreduce_timing import compare_allreduce
-from farsync.bench.common import markdown_table, run_cached, smoke, write_results
+from farsync.bench.common import markdown_table, run_cached, smoke, versus_ddp, write_results
 from farsync.config import load_config
 from farsync.launch.local import launch
 
@@ -185,9 +185,7 @@ def _run_all(
 def _compare(rows: list[dict[str, Any]]) -> None:
     ddp = rows[0]
     for row in rows:
-        row["loss_vs_ddp"] = row["final_eval_loss"] / ddp["final_eval_loss"] - 1.0
-        row["bytes_vs_ddp"] = ddp["bytes_sent_per_worker"] / max(row["bytes_sent_per_worker"], 1)
-        row["speedup_vs_ddp"] = ddp["wall_with_drain_s"] / row["wall_with_drain_s"]
+        row.update(versus_ddp(row, ddp, wall_key="wall_with_drain_s"))
         row["mb_sent"] = row["bytes_sent_per_worker"] / 1e6
         row["peak_kb"] = row["peak_sync_bytes"] / 1e3
         row["overlap"] = "-"
