@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from farsync.config import load_config
 from farsync.launch.local import launch
 from farsync.launch.preflight import check_resume
 from farsync.train.checkpoint import find_checkpoint, load_worker_state
+from farsync.train.loop import TrainingLoop
 from farsync.train.reshard import resume_state
 from farsync.train.task import build_model
 
@@ -77,6 +79,37 @@ def test_a_resharded_worker_starts_without_inner_moments(tmp_path: Path) -> None
     assert state["step"] == 10 and state["algorithm"]["round"] == 2
     outer, saved = state["algorithm"]["outer"]["params"], source["algorithm"]["outer"]["params"]
     assert all(torch.equal(outer[name], saved[name]) for name in saved)
+
+
+def test_a_resharded_run_starts_every_worker_without_error_feedback_residuals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a 2-worker int8 run with error feedback, whose checkpoint holds worker 0's residuals
+    out = tmp_path / "run"
+    make_run(out, "compression.kind=int8", "compression.error_feedback=true")
+    checkpoint = find_checkpoint(out)
+    assert checkpoint is not None
+    saved = load_worker_state(checkpoint.directory, 0)["algorithm"]["reducer"]["residuals"]
+    assert saved and any(bool(residual.abs().sum() > 0) for residual in saved.values())
+    loaded: dict[int, dict[str, Any]] = {}
+    resume = TrainingLoop.maybe_resume
+
+    def resume_and_look(loop: TrainingLoop) -> None:
+        resume(loop)
+        loaded[loop.ctx.rank] = loop.algorithm.reducer.state_dict()
+
+    monkeypatch.setattr(TrainingLoop, "maybe_resume", resume_and_look)
+    # Execute: resume with 3 workers for one more round
+    config = load_config(out / "config.toml", ["num_workers=3", "train.num_steps=15"])
+    launch(config, out, resume=True, mode="threads", progress=False)
+    # Assert: every worker's reducer starts as built (no residuals), and the resume record says so
+    assert sorted(loaded) == [0, 1, 2]
+    assert all(state == {"residuals": {}} for state in loaded.values()), {
+        r: list(s["residuals"]) for r, s in loaded.items()
+    }
+    resumes = [r for r in records(out) if r["kind"] == "resume"]
+    assert len(resumes) == 3
+    assert all("error-feedback residuals and low-rank warm starts" in r["reset"] for r in resumes)
 
 
 @pytest.mark.parametrize(
