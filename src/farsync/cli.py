@@ -3,7 +3,8 @@
 Configuration errors stop here, before anything starts or is written: one line naming the key, the value
 given and what is allowed, and exit code 2 (the launchers' checks are in :mod:`farsync.launch.preflight`).
 Other exit codes: 1 a worker failed (its own output says why), 130 Ctrl-C, 128 + N stopped by signal N
-(SIGTERM: 143), 3 to 5 an elastic worker refused, superseded or without its coordinator.
+(SIGTERM: 143), 3 to 5 an elastic worker refused, superseded or without its coordinator, 6 a checkpoint could
+not be written (a full disk: one line names the directory, the free space and what a worker's file needs).
 """
 
 from __future__ import annotations
@@ -223,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"farsync: {'interrupted' if signum == signal.SIGINT else error}", file=sys.stderr)
         return 128 + int(signum)
     except RuntimeError as error:
+        checkpoint = sys.modules.get("farsync.train.checkpoint")
+        if checkpoint is not None and isinstance(error, checkpoint.CheckpointWriteError):
+            print(f"farsync: {error}", file=sys.stderr)  # one line: the directory, free space and need
+            return int(checkpoint.EXIT_CHECKPOINT_WRITE)
         local = sys.modules.get("farsync.launch.local")
         if local is None or not isinstance(error, local.WorkerFailed):
             raise

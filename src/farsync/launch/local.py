@@ -10,6 +10,11 @@ its directory only once it has started: ``config.toml`` (the previous one kept a
 and ``metrics.jsonl`` are written when every worker has loaded its checkpoint, so a resume that fails to
 start leaves the directory as it was. Worker processes die with the launcher (:mod:`farsync.train.lifetime`):
 a SIGTERM, SIGHUP or Ctrl-C stops them (one line each), and a SIGKILLed launcher takes them with it.
+
+A checkpoint that cannot be written (a full disk) stops the run with one line: a worker process reports its
+:class:`~farsync.train.checkpoint.CheckpointWriteError` as a ``checkpoint_failed`` message on the records
+queue and exits with ``EXIT_CHECKPOINT_WRITE`` instead of printing a traceback, and the launcher raises the
+first such error (threads raise it directly). Other worker errors keep their tracebacks.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from tqdm import tqdm
 
@@ -34,11 +40,15 @@ from farsync.launch.preflight import check_resume, check_run, clear_run_dir
 from farsync.report.loggers import run_loggers
 from farsync.report.summary import write_run_outputs
 from farsync.train import WorkerContext, read_results
+from farsync.train.checkpoint import EXIT_CHECKPOINT_WRITE, CheckpointWriteError
 from farsync.train.lifetime import become_worker_process, ignoring_interrupts, stop_processes
 
 __all__ = ["WorkerFailed", "launch", "run_threads"]
 
 logger = logging.getLogger(__name__)
+
+_CHECKPOINT_FAILED = "checkpoint_failed"
+"""Kind of the queue message a worker process sends instead of a traceback; never written to the metrics."""
 
 
 def _process_entry(
@@ -70,7 +80,11 @@ def _process_entry(
         resume=resume,
         group_prefix=prefix,
     )
-    run_worker(config, ctx)
+    try:
+        run_worker(config, ctx)
+    except CheckpointWriteError as error:
+        records.put({"kind": _CHECKPOINT_FAILED, "worker": rank, "message": str(error)})
+        sys.exit(EXIT_CHECKPOINT_WRITE)  # the launcher prints the message once, for every worker
 
 
 class _Progress:
@@ -253,7 +267,8 @@ def run_threads(
                 WorkerContext(rank, n, worker_store, out_dir, sink, resume=resume, group_prefix=prefix),
             )
         except BaseException as error:  # noqa: BLE001 - re-raised below
-            logger.error("worker %d failed: %r", rank, error)
+            if not isinstance(error, CheckpointWriteError):  # its one line is the launcher's to print
+                logger.error("worker %d failed: %r", rank, error)
             errors.append(error)
 
     threads = [threading.Thread(target=target, args=(rank,), daemon=True) for rank in range(n)]
@@ -262,6 +277,9 @@ def run_threads(
     for thread in threads:
         thread.join()
     if errors:
+        unwritten = [e for e in errors if isinstance(e, CheckpointWriteError)]
+        if unwritten:  # the cause; a peer's own error (a collective cut short) is logged above
+            raise unwritten[0]
         raise RuntimeError(f"{len(errors)} worker(s) failed; first: {errors[0]!r}") from errors[0]
     return collected
 
@@ -298,6 +316,15 @@ def _run_processes(
 def _collect(processes: list[Any], records_queue: Any, on_record: Any) -> list[dict[str, Any]]:
     """Passes the workers' records on until every worker has exited; raises if one failed."""
     collected: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def take(record: dict[str, Any]) -> None:
+        if record.get("kind") == _CHECKPOINT_FAILED:
+            failures.append(str(record.get("message", "checkpoint: write failed")))
+            return
+        collected.append(record)
+        on_record(record)
+
     while True:
         try:
             record = records_queue.get(timeout=0.2)
@@ -305,16 +332,22 @@ def _collect(processes: list[Any], records_queue: Any, on_record: Any) -> list[d
             if all(not p.is_alive() for p in processes):
                 break
             if any(p.exitcode not in (None, 0) for p in processes):
-                raise WorkerFailed(
-                    f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}"
-                ) from None
+                _raise_failed(processes, records_queue, take, failures)
             continue
-        collected.append(record)
-        on_record(record)
+        take(record)
     while not records_queue.empty():
-        record = records_queue.get()
-        collected.append(record)
-        on_record(record)
+        take(records_queue.get())
     if any(p.exitcode != 0 for p in processes):
-        raise WorkerFailed(f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}")
+        _raise_failed(processes, records_queue, take, failures)
     return collected
+
+
+def _raise_failed(
+    processes: list[Any], records_queue: Any, take: Callable[[dict[str, Any]], None], failures: list[str]
+) -> NoReturn:
+    """A worker exited with an error: its checkpoint message if it sent one, else the exit codes."""
+    while not records_queue.empty():  # a failing worker's message can trail its exit code
+        take(records_queue.get())
+    if failures:
+        raise CheckpointWriteError(failures[0]) from None
+    raise WorkerFailed(f"worker process(es) failed: exit codes {[p.exitcode for p in processes]}") from None

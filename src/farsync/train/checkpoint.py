@@ -12,10 +12,16 @@ file is present and matches its digest; otherwise the loader says which file is 
 the previous round. The manifest records how many workers wrote the round, so a run resumed with another
 worker count still knows which files make the checkpoint complete (see :mod:`farsync.train.reshard`);
 rounds written before manifests existed count their ``worker_<k>.pt`` files from 0.
+
+A write that fails (a full disk, a quota, a read-only directory) removes its temporary file and raises
+:class:`CheckpointWriteError`, whose message is one line naming the directory and, for a full disk, the free
+space and what the file needed; the launchers print that line and stop the run with exit code
+:data:`EXIT_CHECKPOINT_WRITE`. The round is left incomplete, and a resume falls back past it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -31,8 +37,10 @@ from typing import Any
 import torch
 
 __all__ = [
+    "EXIT_CHECKPOINT_WRITE",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointWriteError",
     "find_checkpoint",
     "find_latest",
     "load_worker_state",
@@ -46,8 +54,16 @@ _ROUND_DIR = re.compile(r"round_(\d{6})$")
 MANIFEST = "checkpoint.json"
 
 
+EXIT_CHECKPOINT_WRITE = 6
+"""Exit code of a run stopped because a checkpoint could not be written (``farsync train``)."""
+
+
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or a damaged file was asked for explicitly."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint file could not be written; its temporary file is gone. The message is one line."""
 
 
 @dataclass(frozen=True)
@@ -59,34 +75,66 @@ class Checkpoint:
     num_workers: int
 
 
+def _size(num_bytes: float) -> str:
+    """``12 kB``, ``3.4 MB``: decimal units, two significant digits at most below 10."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if num_bytes < 999.5 or unit == "TB":
+            return f"{num_bytes:.2g} {unit}" if num_bytes < 10 else f"{num_bytes:.0f} {unit}"
+        num_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def _write_failed(directory: Path, error: OSError, needed: int) -> CheckpointWriteError:
+    """One line for a failed write into ``directory`` of a worker's file of ``needed`` bytes."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        existing = next((d for d in (directory, *directory.parents) if d.is_dir()), directory)
+        try:
+            free = f"{_size(shutil.disk_usage(existing).free)} free"
+        except OSError:
+            free = "free space unknown"
+        what = "no space left" if error.errno == errno.ENOSPC else "disk quota exceeded"
+        return CheckpointWriteError(f"checkpoint: {what} on {directory} ({free}, needs ~{_size(needed)})")
+    where = error.filename if error.filename else directory
+    return CheckpointWriteError(f"checkpoint: cannot write {where}: {error.strerror or error}")
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     temp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        # A partial temporary file only takes space a full disk lacks; the round stays incomplete.
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def save_worker_state(
     root: Path, round_index: int, rank: int, state: dict[str, Any], *, num_workers: int | None = None
 ) -> Path:
-    """Writes ``state`` for ``rank`` at ``round_index``; returns the file's path.
+    """Writes ``state`` for ``rank`` at ``round_index``; returns the file's path. Raises
+    :class:`CheckpointWriteError` when a file cannot be written (module docstring).
 
     ``num_workers``: how many workers write this round; worker 0 records it in the round's manifest (before
     its own file, so a manifest never vouches for files that are not there yet).
     """
     directory = root / "checkpoints" / f"round_{round_index:06d}"
-    directory.mkdir(parents=True, exist_ok=True)
-    if num_workers is not None and rank == 0:
-        manifest = {"num_workers": num_workers, "round": round_index}
-        _atomic_write(directory / MANIFEST, json.dumps(manifest).encode())
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
     path = directory / f"worker_{rank}.pt"
-    _atomic_write(path, data)
-    _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if num_workers is not None and rank == 0:
+            manifest = {"num_workers": num_workers, "round": round_index}
+            _atomic_write(directory / MANIFEST, json.dumps(manifest).encode())
+        _atomic_write(path, data)
+        _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    except OSError as error:
+        raise _write_failed(directory, error, len(data)) from error
     return path
 
 
