@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farsync.comm.groups import open_store
+from farsync.comm.groups import host_store
 from farsync.config import RunConfig, config_to_toml
 from farsync.elastic.client import EXIT_COORDINATOR_LOST, CoordinatorLost
 from farsync.elastic.coordinator import Coordinator
@@ -189,7 +189,7 @@ def launch_elastic(
     token_path = out_dir / "token"
     token = read_token(token_path) if token_path.is_file() else write_token(token_path)
     _warm_up(config)
-    store = open_store("127.0.0.1", 0, 1, is_master=True)
+    store = host_store("127.0.0.1", 0)
     coordinator = Coordinator(store, token=token, min_workers=config.elastic.min_workers)
     thread = coordinator.start_thread()
     pool = WorkerPool(config, f"127.0.0.1:{store.port}", token_path, out_dir, holds=_hold_points(faults))
@@ -262,6 +262,7 @@ def _write_outputs(
         title=f"{summary['algorithm']} x{summary['num_workers']}",
     )
     summary.update(coordinator.summary())
+    summary["rejected_messages"] = summary.get("rejected_by_workers", 0) + summary["rejected_by_coordinator"]
     summary.update(
         elastic_elapsed_s=elapsed_s,
         num_kills=sum(1 for e in injector.log if e["kind"] == "kill") if injector is not None else 0,
