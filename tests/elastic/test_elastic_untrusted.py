@@ -1,29 +1,88 @@
-"""Bytes from a stranger who reaches the coordinator's port: rejected and counted, never a crash."""
+"""Bytes from a stranger who reaches the coordinator's port: rejected and counted, never a crash or a say."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import pytest
+
 from farsync.comm.groups import open_store
-from farsync.elastic.client import INBOX
+from farsync.elastic.client import ANNOUNCE, INBOX, STATUS, CoordinatorClient
 from farsync.elastic.coordinator import Coordinator
 from farsync.elastic.token import write_token
 
 
-def test_one_non_json_message_does_not_kill_the_coordinator(tmp_path: Path) -> None:
+@pytest.fixture
+def running(tmp_path: Path):  # type: ignore[no-untyped-def]
     token = write_token(tmp_path / "token")
     store = open_store("127.0.0.1", 0, 1, is_master=True)
     coordinator = Coordinator(store, token=token, min_workers=1)
     thread = coordinator.start_thread()
     stranger = open_store("127.0.0.1", store.port, 1, is_master=False)
-    stranger.queue_push(INBOX, b"not json at all")
-    stranger.queue_push(INBOX, b'{"type": "arrive", "slot": 0}')
-    deadline = time.monotonic() + 10
-    while stranger.queue_len(INBOX) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.1)
-    alive = thread.is_alive()
+    yield coordinator, thread, stranger, token
     coordinator.stop()
     thread.join(5)
-    assert alive, "the coordinator died on a stranger's message"
+
+
+def _settle(coordinator: Coordinator, stranger, count: int) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 10
+    while (stranger.queue_len(INBOX) or coordinator.rejections.total < count) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_one_non_json_message_does_not_kill_the_coordinator(running) -> None:  # type: ignore[no-untyped-def]
+    coordinator, thread, stranger, _ = running
+    stranger.queue_push(INBOX, b"not json at all")
+    stranger.queue_push(INBOX, b'{"type": "arrive", "slot": 0}')  # valid JSON, no envelope, fields missing
+    _settle(coordinator, stranger, 2)
+    time.sleep(0.05)
+    assert thread.is_alive(), "the coordinator died on a stranger's message"
+    assert coordinator.rejections.total == 2
+    assert coordinator.rejections.by_kind == {"json": 1, "schema": 1}
+    assert coordinator.summary()["rejected_by_coordinator"] == 2
+
+
+def test_forged_replayed_and_overwritten_traffic_changes_nothing(running) -> None:  # type: ignore[no-untyped-def]
+    coordinator, thread, stranger, token = running
+    captured: list[bytes] = []
+    coordinator.observers.append(captured.append)
+    client = CoordinatorClient(
+        "127.0.0.1",
+        stranger.port,
+        token=token,
+        slot=0,
+        config_sha="cfg",
+        num_slots=2,
+        elastic={},
+        say=lambda line: None,
+    )
+    client.register(client.store)
+    assert list(coordinator.book.admitted) == [0] and captured
+    genuine = json.loads(captured[0])
+    body = json.loads(genuine["body"])
+    # A leave with the worker's real incarnation and slot (read off the wire), no valid signature.
+    forged = {**body, "type": "leave", "finished": True, "sequence": body["sequence"] + 5}
+    for key in ("config_sha", "num_slots", "min_workers", "failure_timeout_s", "heartbeat_interval_s"):
+        forged.pop(key, None)
+    forged_body = json.dumps(forged, sort_keys=True, separators=(",", ":"))
+    stranger.queue_push(INBOX, json.dumps({**genuine, "body": forged_body}))
+    stranger.queue_push(INBOX, captured[-1])  # a replay of a genuine message
+    _settle(coordinator, stranger, 2)
+    assert coordinator.rejections.by_kind == {"signature": 1, "replay": 1}
+    assert coordinator.book.admitted == {0: client.incarnation} and not coordinator.book.finished
+    # The stranger overwrites the status: the worker does not believe it, the coordinator puts it back.
+    coordinator.stop()
+    thread.join(5)  # ticks by hand from here, so the overwrite is seen before the repair
+    stranger.set(STATUS, json.dumps({"sender": "coordinator", "body": '{"status":"x"}', "mac": "0" * 64}))
+    assert client.status() is None
+    stranger.set(ANNOUNCE, b"not json at all")
+    assert client._epoch(stranger) is None  # a forged announcement is not a coordinator restart
+    coordinator.step()  # puts both keys back (counted)
+    assert coordinator.rejections.by_kind == {"signature": 1, "replay": 1, "store": 2}
+    coordinator.step()  # publishes the new count
+    status = client.status()
+    assert status is not None and status.rejected_messages == 4
+    assert client._epoch(stranger) == coordinator.epoch
+    assert client.rejections.total == 2  # the worker counted the forged status and announcement

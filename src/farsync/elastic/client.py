@@ -261,6 +261,7 @@ class CoordinatorClient:
         self._sequences[channel] += 1
         body = {**message, "incarnation": self.incarnation, "channel": channel}
         body["sequence"] = self._sequences[channel]
+        body.setdefault("request", f"{self.incarnation}-{channel}-s{body['sequence']}")  # beat, leave
         store.queue_push(INBOX, seal(self._session, self.incarnation, encode(body)))
 
     def _open_reply(self, raw: bytes, request_id: str) -> tuple[dict[str, Any], bool]:

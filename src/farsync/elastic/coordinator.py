@@ -315,7 +315,7 @@ def _claimed_sender(raw: bytes) -> str:
         return "an oversized message"
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     sender = data.get("sender") if isinstance(data, dict) else None
     return sender[:40] if isinstance(sender, str) else ""

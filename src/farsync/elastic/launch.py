@@ -27,12 +27,13 @@ from typing import Any
 
 from farsync.comm.groups import host_store
 from farsync.config import RunConfig, config_to_toml
-from farsync.elastic.client import EXIT_COORDINATOR_LOST, CoordinatorLost
+from farsync.elastic.client import EXIT_COORDINATOR_LOST, INBOX, CoordinatorLost
 from farsync.elastic.coordinator import Coordinator
-from farsync.elastic.summary import ELASTIC_FIGURES, read_worker_records, write_elastic_summary
+from farsync.elastic.summary import ELASTIC_FIGURES, read_worker_records, result_queue, write_elastic_summary
 from farsync.elastic.token import read_token, write_token
 from farsync.elastic.worker import HOLD_ENV, check_elastic_config
 from farsync.sim.faults import FaultInjector, FaultPlan
+from farsync.sim.fuzz import Fuzzer, FuzzPlan, FuzzTargets
 from farsync.train.lifetime import become_worker_process
 
 __all__ = ["WorkerPool", "launch_elastic"]
@@ -178,9 +179,14 @@ def launch_elastic(
     progress: bool = True,
     *,
     faults: FaultPlan | None = None,
+    fuzz: FuzzPlan | None = None,
     timeout_s: float = 3600.0,
 ) -> dict[str, Any]:
-    """Runs an elastic run on this machine to the end; returns the summary (also in ``summary.json``)."""
+    """Runs an elastic run on this machine to the end; returns the summary (also in ``summary.json``).
+
+    ``fuzz`` sends a stranger's malformed and forged traffic during the run (:mod:`farsync.sim.fuzz`); the
+    summary then carries ``fuzz`` (messages tried, by kind) next to ``rejected_messages``.
+    """
     check_elastic_config(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = _prepare_dir(out_dir)
@@ -191,6 +197,7 @@ def launch_elastic(
     _warm_up(config)
     store = host_store("127.0.0.1", 0)
     coordinator = Coordinator(store, token=token, min_workers=config.elastic.min_workers)
+    fuzzer = _start_fuzzer(coordinator, store.port, config.num_workers, fuzz) if fuzz is not None else None
     thread = coordinator.start_thread()
     pool = WorkerPool(config, f"127.0.0.1:{store.port}", token_path, out_dir, holds=_hold_points(faults))
     injector = FaultInjector(faults, pool) if faults is not None else None
@@ -216,9 +223,29 @@ def launch_elastic(
             time.sleep(0.05)
     finally:
         pool.stop_all()
+        if fuzzer is not None:
+            fuzzer.stop()
         coordinator.stop()
         thread.join(timeout=5)
-    return _write_outputs(config, out_dir, coordinator, injector, previous, time.monotonic() - begin)
+    coordinator.drain()  # what a stranger sent last is counted too
+    summary = _write_outputs(config, out_dir, coordinator, injector, previous, time.monotonic() - begin)
+    if fuzzer is not None:
+        summary["fuzz"] = fuzzer.report.as_dict()
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _start_fuzzer(coordinator: Coordinator, port: int, num_slots: int, plan: FuzzPlan) -> Fuzzer:
+    """A stranger on the coordinator's port who sees every genuine request (an on-path observer)."""
+    targets = FuzzTargets(
+        inbox=INBOX,
+        key_prefixes=("reply/", "coord/"),
+        queues=tuple(result_queue(slot) for slot in range(num_slots)),
+    )
+    fuzzer = Fuzzer("127.0.0.1", port, targets, plan)
+    coordinator.observers.append(fuzzer.capture)
+    fuzzer.start()
+    return fuzzer
 
 
 def _source_summary(path: Path) -> dict[str, Any] | None:

@@ -39,6 +39,8 @@ __all__ = [
     "ELASTIC_FIGURES",
     "LAUNCHER_FIGURES",
     "collect_results",
+    "open_result",
+    "result_queue",
     "publish_elastic_result",
     "read_worker_records",
     "write_elastic_summary",
@@ -71,13 +73,14 @@ LAUNCHER_FIGURES = (
 _POLL_S = 0.05
 
 
-def _result_key(slot: int) -> str:
+def result_queue(slot: int) -> str:
+    """The queue worker ``slot`` pushes its signed result onto."""
     return f"result/{slot}"
 
 
 def publish_elastic_result(store: Store, slot: int, result: dict[str, Any], key: bytes | None) -> None:
     """Pushes a finished worker's result (a dict with ``elastic`` figures), signed with ``key``."""
-    store.queue_push(_result_key(slot), seal(key, f"slot{slot}", json.dumps(result)))
+    store.queue_push(result_queue(slot), seal(key, f"slot{slot}", json.dumps(result)))
 
 
 def open_result(raw: bytes, slot: int, key: bytes | None) -> dict[str, Any]:
@@ -105,12 +108,12 @@ def collect_results(
     while True:
         try:
             for slot in members:
-                while slot not in found and store.queue_len(_result_key(slot)):
-                    raw = bytes(store.queue_pop(_result_key(slot), block=False))
+                while slot not in found and store.queue_len(result_queue(slot)):
+                    raw = bytes(store.queue_pop(result_queue(slot), block=False))
                     try:
                         found[slot] = open_result(raw, slot, key)
                     except MessageRejected as error:
-                        rejections.record(_result_key(slot), error)
+                        rejections.record(result_queue(slot), error)
         except (RuntimeError, OSError, ValueError) as error:  # the coordinator went away: keep what we have
             logger.warning("elastic summary: store unreachable while collecting results (%s)", error)
             break
