@@ -225,12 +225,13 @@ def launch_elastic(
         pool.stop_all()
         if fuzzer is not None:
             fuzzer.stop()
+        coordinator_alive = thread.is_alive()
         coordinator.stop()
         thread.join(timeout=5)
     coordinator.drain()  # what a stranger sent last is counted too
     summary = _write_outputs(config, out_dir, coordinator, injector, previous, time.monotonic() - begin)
     if fuzzer is not None:
-        summary["fuzz"] = fuzzer.report.as_dict()
+        summary.update(fuzz=fuzzer.report.as_dict(), coordinator_alive=coordinator_alive)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
