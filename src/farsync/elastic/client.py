@@ -309,7 +309,7 @@ class CoordinatorClient:
                         return payload
                     raise MessageRejected("reply signature does not match the coordinator's", "signature")
                 except MessageRejected as error:
-                    self.rejections.record(key, error)
+                    self.rejections.record("reply keys", error)
                 self._send(store, message, channel)  # the coordinator publishes the reply it kept again
                 sent = time.monotonic()
                 continue
