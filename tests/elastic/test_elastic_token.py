@@ -10,17 +10,8 @@ from farsync.comm.groups import open_store
 from farsync.config import load_config
 from farsync.elastic.client import CoordinatorClient, JoinRefused
 from farsync.elastic.coordinator import Coordinator
-from farsync.elastic.token import check_proof, make_proof, read_token, write_token
+from farsync.elastic.token import read_token, write_token
 from farsync.elastic.worker import EXIT_REFUSED, join
-
-
-def test_proof_checks_token_and_identity() -> None:
-    proof = make_proof(b"secret", "nonce", 2, "abc")
-    assert check_proof(b"secret", "nonce", 2, "abc", proof)
-    assert not check_proof(b"other", "nonce", 2, "abc", proof)
-    assert not check_proof(b"secret", "nonce", 3, "abc", proof)  # a proof cannot be replayed for another slot
-    assert not check_proof(b"secret", "nonce", 2, "abc", "")
-    assert check_proof(None, "nonce", 2, "abc", "")  # an open run
 
 
 def test_token_file_is_private_and_read_back(tmp_path: Path) -> None:

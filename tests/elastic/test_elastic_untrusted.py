@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -86,3 +87,41 @@ def test_forged_replayed_and_overwritten_traffic_changes_nothing(running) -> Non
     assert status is not None and status.rejected_messages == 4
     assert client._epoch(stranger) == coordinator.epoch
     assert client.rejections.total == 2  # the worker counted the forged status and announcement
+
+
+def test_an_overwritten_reply_is_rejected_and_the_kept_reply_is_sent_again(running) -> None:  # type: ignore[no-untyped-def]
+    coordinator, thread, stranger, token = running
+    client = CoordinatorClient(
+        "127.0.0.1",
+        stranger.port,
+        token=token,
+        slot=0,
+        config_sha="cfg",
+        num_slots=1,
+        elastic={},
+        say=lambda line: None,
+        poll_s=2.0,  # slow polls: the stranger's overwrite lands before the read
+    )
+    client.register(client.store)
+    coordinator.stop()
+    thread.join(5)  # ticks by hand from here
+    replies: list[dict[str, object]] = []
+    arrive = {"type": "arrive", "pending": False, "round": 0, "step": 0, "sha": "s"}
+    caller = threading.Thread(target=lambda: replies.append(client.call(arrive)), daemon=True)
+    caller.start()
+    deadline = time.monotonic() + 10
+    keys: list[str] = []
+    while not keys and time.monotonic() < deadline:
+        coordinator.step()  # once the arrive is in, the quorum is decided and its reply published
+        keys = [key for key in stranger.list_keys() if key.startswith("reply/")]
+        time.sleep(0.01)
+    assert len(keys) == 1
+    stranger.set(keys[0], b"not json at all")
+    while not client.rejections.total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while caller.is_alive() and time.monotonic() < deadline:
+        coordinator.step()  # the worker asked again: the kept reply goes out again
+        time.sleep(0.05)
+    caller.join(1)
+    assert client.rejections.total == 1 and len(replies) == 1
+    assert replies[0]["members"] == [0] and replies[0]["source"] == 0
