@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from farsync.comm.auth import seal, session_key
 from farsync.comm.groups import open_store
+from farsync.comm.schema import encode
 from farsync.elastic.client import ANNOUNCE, INBOX, STATUS, CoordinatorClient
 from farsync.elastic.coordinator import Coordinator
 from farsync.elastic.token import write_token
@@ -125,3 +127,24 @@ def test_an_overwritten_reply_is_rejected_and_the_kept_reply_is_sent_again(runni
     caller.join(1)
     assert client.rejections.total == 1 and len(replies) == 1
     assert replies[0]["members"] == [0] and replies[0]["source"] == 0
+
+
+def test_a_replayed_old_join_does_not_replace_the_session_key(running) -> None:  # type: ignore[no-untyped-def]
+    coordinator, thread, stranger, token = running
+    coordinator.stop()
+    thread.join(5)  # ticks by hand
+    incarnation = "abcdef012345"
+
+    def signed(slot_in_key: int | None, sequence: int, **body: object) -> str:
+        key = session_key(token, coordinator.nonce, slot_in_key, incarnation)
+        header = {"request": f"{incarnation}-main-{sequence}", "sequence": sequence, "channel": "main"}
+        return seal(key, incarnation, encode({**header, "incarnation": incarnation, **body}))
+
+    join = {"type": "join", "config_sha": "cfg", "num_slots": 2}
+    first = signed(None, 1, **join, slot=None)  # asks for any slot: its key is derived with slot None
+    for raw in (first, signed(0, 2, **join, slot=0)):  # joins again for the slot it got
+        coordinator.receive(raw.encode())
+    coordinator.receive(first.encode())  # a stranger replays the first join
+    coordinator.receive(signed(0, 3, type="beat", slot=0, round=0, step=0).encode())
+    assert coordinator.rejections.by_kind == {"replay": 1}  # the beat under the current key still counts
+    assert coordinator.book.admitted == {0: incarnation}

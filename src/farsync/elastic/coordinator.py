@@ -194,18 +194,18 @@ class Coordinator:
             except MessageRejected:
                 self._refuse_bad_proof(message, bool(envelope.mac))
                 raise
-            self._sessions[message.incarnation] = key
-            self._sessions.move_to_end(message.incarnation)
-            while len(self._sessions) > _REPLIES_KEPT:
-                self._sessions.popitem(last=False)
+        elif message.incarnation in self._sessions:
+            key = self._sessions[message.incarnation]
+            check_mac(key, envelope)
         else:
-            if message.incarnation not in self._sessions:
-                raise MessageRejected(
-                    "a sender that has not joined this coordinator may only join", "unknown"
-                )
-            check_mac(self._sessions[message.incarnation], envelope)
+            raise MessageRejected("a sender that has not joined this coordinator may only join", "unknown")
         if self.token is not None:
             self._guard.accept(message.incarnation, message.channel, message.sequence)
+        # Only now: a replayed old join (valid signature, stale sequence) must not replace the session key.
+        self._sessions[message.incarnation] = key
+        self._sessions.move_to_end(message.incarnation)
+        while len(self._sessions) > _REPLIES_KEPT:
+            self._sessions.popitem(last=False)
         return message
 
     def _refuse_bad_proof(self, message: Join, presented: bool) -> None:
