@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import pytest
@@ -16,7 +17,7 @@ from farsync.comm.auth import (
     seal,
     session_key,
 )
-from farsync.comm.schema import MessageRejected, encode, parse, rule, validate
+from farsync.comm.schema import MessageRejected, Rejections, encode, parse, rule, validate
 
 
 @dataclass(frozen=True)
@@ -127,3 +128,16 @@ def test_sequence_guard_rejects_replays_and_reordering_per_channel() -> None:
             guard.accept("abc", "main", stale)
         assert caught.value.kind == "replay"
     guard.accept("abc", "main", 5)  # gaps are fine (a dropped message)
+
+
+def test_rejections_are_counted_by_kind_and_logged_once_per_sender(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("test.rejections")
+    rejections = Rejections("peer", log, max_senders=2)
+    with caplog.at_level(logging.WARNING, logger="test.rejections"):
+        for sender in ("a", "a", "b", "c", "d"):
+            rejections.record(sender, MessageRejected("bad", "json"))
+        rejections.record("a", MessageRejected("forged", "signature"))
+    assert rejections.total == 6 and rejections.by_kind == {"json": 5, "signature": 1}
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3  # a, b, then one line for every further sender
+    assert "source: a" in lines[0] and "more than 2 senders" in lines[2]

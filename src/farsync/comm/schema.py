@@ -80,9 +80,9 @@ class Rejections:
         if len(self._logged) < self.max_senders:
             self._logged.add(sender)
             self.log.warning(
-                "%s: rejected a message from %s: %s (further ones from it counted, not logged)",
+                "%s: rejected a message (sender or source: %s): %s (further ones from there counted, not logged)",
                 self.who,
-                sender[:40] or "an unnamed sender",
+                sender[:40] or "unnamed",
                 error.reason,
             )
         elif not self._overflow_logged:
