@@ -34,7 +34,7 @@ from typing import Any
 
 from farsync.comm.groups import open_store
 
-__all__ = ["INBOX_KINDS", "FuzzPlan", "FuzzTargets", "Fuzzer"]
+__all__ = ["INBOX_KINDS", "FuzzPlan", "FuzzReport", "FuzzTargets", "Fuzzer"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class _Captured:
 
 @dataclass
 class FuzzReport:
+    """Messages sent, by kind (``inbox_tried``: those that went to the inbox, each of which must be rejected)."""
+
     tried: Counter[str] = field(default_factory=Counter)
 
     @property
