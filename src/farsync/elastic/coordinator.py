@@ -253,10 +253,11 @@ class Coordinator:
         self._status = seal(self.key, "coordinator", body)
         self.store.set(STATUS, self._status)
 
-    def _guard_own_keys(self) -> None:
+    def _guard_own_keys(self, status_published: bool) -> None:
         """Puts back the announcement and status if anyone overwrote them (each overwrite counted)."""
-        current = self.store.multi_get([ANNOUNCE, STATUS])
-        for key, own, value in zip((ANNOUNCE, STATUS), (self._announce, self._status), current, strict=True):
+        owned = [(ANNOUNCE, self._announce)] + ([] if status_published else [(STATUS, self._status)])
+        current = self.store.multi_get([key for key, _ in owned])
+        for (key, own), value in zip(owned, current, strict=True):
             if bytes(value).decode(errors="replace") != own:
                 self.rejections.record(
                     "store", MessageRejected(f"{key} overwritten by another client", "store")
@@ -264,19 +265,18 @@ class Coordinator:
                 self.store.set(key, own)
 
     def step(self) -> None:
-        """One tick: inbox, decisions, status."""
+        """One tick: inbox, decisions, status, and a look at the keys only the coordinator may write."""
         self._drain()
         for reply in self.book.tick():
             self._reply(reply)
         status = self.book.status()
-        before = self._status
-        if status != self._last_line or self._counted != self.rejections.total:
+        published = status != self._last_line or self._counted != self.rejections.total
+        if published:
             if status != self._last_line:
                 logger.info("coordinator: %s", status)
             self._last_line, self._counted = status, self.rejections.total
             self._publish_status(status)
-        if before == self._status:
-            self._guard_own_keys()
+        self._guard_own_keys(published)
 
     def drain(self, timeout_s: float = 10.0) -> None:
         """Handles what is left in the inbox (a run's end: nothing is left uncounted)."""
