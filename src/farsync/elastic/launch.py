@@ -15,6 +15,7 @@ launcher writes the same summary from the ``result.worker<slot>.json`` files ins
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -46,6 +47,10 @@ def _worker_entry(
 ) -> None:
     """A worker process: output to its log file, its slot (and any hold point, see
     :data:`farsync.elastic.worker.HOLD_ENV`) in the environment, then ``farsync worker``."""
+    # Objects inherited from the launcher are never collected here: a launcher that had gloo groups or store
+    # connections in its garbage (a test process, a notebook) would otherwise run their C++ destructors in
+    # this child, where the threads they join do not exist, and hang (seen: a worker stuck in a GC pass).
+    gc.freeze()
     become_worker_process(os.getppid())  # dies with the launcher, even a SIGKILLed one
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)

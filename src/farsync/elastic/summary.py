@@ -56,6 +56,8 @@ ELASTIC_FIGURES = (
     "num_finished_workers",
     "global_params_equal",
     "rejected_messages",
+    "rejected_by_workers",
+    "rejected_by_coordinator",
 )
 """Summary fields an elastic run adds to the ``farsync train`` contract (from the workers' results)."""
 
@@ -63,12 +65,12 @@ LAUNCHER_FIGURES = (
     "num_quorum_changes",
     "worker_failures",
     "num_refused_joins",
-    "rejected_by_coordinator",
     "rejected_by_kind",
     "elastic_elapsed_s",
     "num_kills",
 )
-"""Summary fields ``farsync train --elastic`` adds (from its coordinator and fault injector)."""
+"""Summary fields ``farsync train --elastic`` adds (from its coordinator and fault injector); it also replaces
+``rejected_by_coordinator`` (and so ``rejected_messages``) with its coordinator's exact count."""
 
 _POLL_S = 0.05
 
