@@ -12,7 +12,7 @@ import pytest
 from farsync.comm.auth import seal, session_key
 from farsync.comm.groups import open_store
 from farsync.comm.schema import encode
-from farsync.elastic.client import ANNOUNCE, INBOX, STATUS, CoordinatorClient
+from farsync.elastic.client import ANNOUNCE, INBOX, STATUS, CoordinatorClient, JoinRefused
 from farsync.elastic.coordinator import Coordinator
 from farsync.elastic.token import write_token
 
@@ -148,3 +148,49 @@ def test_a_replayed_old_join_does_not_replace_the_session_key(running) -> None: 
     coordinator.receive(signed(0, 3, type="beat", slot=0, round=0, step=0).encode())
     assert coordinator.rejections.by_kind == {"replay": 1}  # the beat under the current key still counts
     assert coordinator.book.admitted == {0: incarnation}
+
+
+def test_a_tampered_join_never_answers_the_workers_own_request(running) -> None:  # type: ignore[no-untyped-def]
+    coordinator, thread, stranger, token = running
+    coordinator.stop()
+    thread.join(5)  # ticks by hand
+    incarnation, request = "abcdef012345", "abcdef012345-main-1"
+    body = {"type": "join", "slot": 0, "config_sha": "cfg", "num_slots": 2, "incarnation": incarnation}
+    body.update(request=request, sequence=1, channel="main")
+    genuine = seal(session_key(token, coordinator.nonce, 0, incarnation), incarnation, encode(body))
+    tampered = genuine.replace('\\"slot\\":0', '\\"slot\\":1')
+    assert tampered != genuine
+
+    def answer() -> dict[str, object]:
+        envelope = json.loads(stranger.get(f"reply/{request}"))
+        return {"signed": bool(envelope["mac"]), **json.loads(envelope["body"])["payload"]}
+
+    coordinator.receive(tampered.encode())  # arrives first: an unsigned refusal, not kept
+    assert answer() == {"signed": False, "status": "refused", "reason": answer()["reason"]}
+    coordinator.receive(genuine.encode())  # still handled, not answered from the refusal
+    assert coordinator.book.admitted == {0: incarnation} and answer()["status"] == "admitted"
+    coordinator.receive(tampered.encode())  # once the worker holds a session: no answer at all
+    assert answer()["status"] == "admitted" and answer()["signed"]
+    assert coordinator.rejections.by_kind == {"signature": 2}
+
+
+def test_a_worker_with_a_token_does_not_join_a_coordinator_without_one() -> None:
+    store = open_store("127.0.0.1", 0, 1, is_master=True)
+    coordinator = Coordinator(store, token=None, min_workers=1)
+    thread = coordinator.start_thread()
+    client = CoordinatorClient(
+        "127.0.0.1",
+        store.port,
+        token=b"secret",
+        slot=0,
+        config_sha="cfg",
+        num_slots=1,
+        elastic={},
+        say=lambda line: None,
+    )
+    try:
+        with pytest.raises(JoinRefused, match="not signed with this run's token"):
+            client.register(client.store)
+    finally:
+        coordinator.stop()
+        thread.join(5)

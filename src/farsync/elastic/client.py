@@ -249,9 +249,11 @@ class CoordinatorClient:
                     raise Superseded(str(reply.reason))
                 if reply.status == "admitted" and verified and reply.slot is not None:
                     break
-                refusals += 1  # an unverified refusal may be a stranger's: believe it only when it persists
-                if verified or refusals >= _REFUSALS_BEFORE_GIVING_UP:
+                if verified:
                     raise JoinRefused(str(reply.reason or reply.status))
+                refusals += 1  # an unverified answer may be a stranger's: believe it only when it persists
+                if refusals >= _REFUSALS_BEFORE_GIVING_UP:
+                    raise JoinRefused(str(reply.reason) if reply.status == "refused" else _UNSIGNED)
             self.slot = reply.slot
             self.epoch = announce.epoch
             self._beat_now(store, channel)
@@ -286,8 +288,8 @@ class CoordinatorClient:
         on_wait: Callable[[float], None] | None = None,
         join: bool = False,
     ) -> Any:
-        """Sends one request and polls for its verified reply (a join also returns an unverified refusal
-        as ``(JoinReply, False)``); None if the coordinator changed meanwhile."""
+        """Sends one request and polls for its verified reply (a join returns ``(JoinReply, verified)``,
+        signed or not); None if the coordinator changed meanwhile."""
         self._requests += 1
         request_id = f"{self.incarnation}-{channel}-{self._requests}"
         message = {**message, "request": request_id}
@@ -301,11 +303,9 @@ class CoordinatorClient:
                 store.delete_key(key)
                 try:
                     payload, verified = self._open_reply(raw, request_id)
-                    if join:
-                        reply = validate(payload, JoinReply)
-                        if verified or reply.status == "refused":
-                            return reply, verified
-                    elif verified:
+                    if join:  # the caller decides what an unverified answer to a join is worth
+                        return validate(payload, JoinReply), verified
+                    if verified:
                         return payload
                     raise MessageRejected("reply signature does not match the coordinator's", "signature")
                 except MessageRejected as error:
@@ -408,6 +408,11 @@ class CoordinatorClient:
         except _STORE_ERRORS:
             pass
 
+
+_UNSIGNED = (
+    "refused: the coordinator's answers are not signed with this run's token (it runs without a token "
+    "file, or another process answers on its port); not joining"
+)
 
 _JOIN_TERMS = ("min_workers", "failure_timeout_s", "heartbeat_interval_s")
 """The ``[elastic]`` settings a join carries (the first join's become the coordinator's)."""

@@ -209,10 +209,19 @@ class Coordinator:
         return message
 
     def _refuse_bad_proof(self, message: Join, presented: bool) -> None:
-        """A join whose signature fails gets a refusal naming why (a worker with the wrong token file)."""
+        """A join whose signature fails gets a refusal naming why (a worker with the wrong token file).
+
+        The refusal is unsigned (that worker could not verify a signature anyway) and not kept for resends,
+        and a join naming an incarnation that already holds a session gets none: otherwise a stranger who
+        tampers with a worker's genuine join would make the coordinator answer the worker's own request
+        with a refusal. A worker believes an unsigned refusal only when it persists (3 tries).
+        """
+        if message.incarnation in self._sessions:
+            return
         what = "a token that does not match the run's token" if presented else "no token"
         reason = f"refused: worker presented {what}; pass the run's token file with --token-file"
-        self._reply(Reply(message.request, self._refuse(message.slot, reason)))
+        body = encode(ReplyBody(message.request, self._refuse(message.slot, reason)))
+        self.store.set(f"reply/{message.request}", seal(None, "coordinator", body))
 
     def receive(self, raw: bytes) -> None:
         """Checks and handles one raw request; a bad one is counted and logged once per sender."""
