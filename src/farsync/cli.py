@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     coordinator = commands.add_parser("coordinator", help="host an elastic run's membership")
     coordinator.add_argument("--port", type=int, required=True)
-    coordinator.add_argument("--host", default="127.0.0.1")
+    coordinator.add_argument(
+        "--host", default="127.0.0.1", help="the one address to listen on (default loopback; others warn)"
+    )
     coordinator.add_argument("--min-workers", type=int, default=1)
     coordinator.add_argument("--token-file")
     coordinator.set_defaults(handler=_coordinator)

@@ -41,7 +41,9 @@ class Target:
 
 
 def _start(port: int) -> tuple[Coordinator, threading.Thread]:
-    coordinator = Coordinator(open_store("127.0.0.1", port, 1, is_master=True), token=None, min_workers=2)
+    coordinator = Coordinator(
+        open_store("127.0.0.1", port, 1, is_master=True), token=b"restart-test-token", min_workers=2
+    )
     return coordinator, coordinator.start_thread()
 
 
@@ -61,7 +63,7 @@ def test_workers_survive_a_coordinator_restart() -> None:
             client = CoordinatorClient(
                 "127.0.0.1",
                 port,
-                token=None,
+                token=b"restart-test-token",
                 slot=slot,
                 config_sha="cfg",
                 num_slots=2,

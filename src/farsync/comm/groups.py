@@ -7,7 +7,9 @@ membership in elastic runs, one per stage or replica in pipelined runs).
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
+import socket
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +18,7 @@ import torch.distributed as dist
 if TYPE_CHECKING:  # torch.distributed re-exports these only at runtime; the stubs live in torch._C
     from torch._C._distributed_c10d import Store, TCPStore
 
-__all__ = ["backend_for", "make_group", "open_store"]
+__all__ = ["backend_for", "host_store", "is_loopback", "make_group", "open_store"]
 
 
 def backend_for(device: torch.device) -> str:
@@ -63,3 +65,39 @@ def make_group(
         options._timeout = timeout
         return dist.ProcessGroupGloo(prefixed, rank, world_size, options)  # type: ignore[return-value]
     return dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)  # type: ignore[return-value]
+
+
+def host_store(host: str, port: int, timeout_s: float = 60.0) -> TCPStore:
+    """Hosts the run's TCPStore listening on ``host`` only (port 0: a free one).
+
+    TCPStore's own server listens on every interface whatever host it is given, so the listening socket
+    is bound here, on the named address, and handed to the store (which owns and closes it).
+    """
+    family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, protocol)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(1024)
+        bound_port = int(listener.getsockname()[1])
+    except OSError:
+        listener.close()
+        raise
+    return dist.TCPStore(  # type: ignore[attr-defined]
+        host,
+        bound_port,
+        1,
+        True,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+        master_listen_fd=listener.detach(),
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` resolves to is a loopback address (unresolvable: False)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)

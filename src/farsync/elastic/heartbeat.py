@@ -1,8 +1,10 @@
 """Heartbeats: a worker thread that says "alive" through the store, and the coordinator's liveness table.
 
-A worker's :class:`HeartbeatSender` writes ``hb/<slot>`` every ``heartbeat_interval_s`` from its own thread
-and its own store connection, so a worker blocked in a long inner step or a collective still beats. The
-value carries a sequence number (and the worker's round and step, which the fault injector reads).
+A worker's :class:`HeartbeatSender` sends a signed heartbeat to the coordinator's inbox every
+``heartbeat_interval_s`` from its own thread and its own store connection, so a worker blocked in a long
+inner step or a collective still beats. A heartbeat carries its channel's sequence number (and the worker's
+round and step, which the fault injector reads). It travels through the inbox queue rather than a key, so a
+stranger who overwrites keys cannot hide a live worker's heartbeats.
 
 The coordinator's :class:`Liveness` never compares clocks across machines: it notes, on its own clock,
 when each worker's sequence number last *changed*. A worker whose number has not moved for

@@ -15,6 +15,7 @@ launcher writes the same summary from the ``result.worker<slot>.json`` files ins
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -25,14 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farsync.comm.groups import open_store
+from farsync.comm.groups import host_store
 from farsync.config import RunConfig, config_to_toml
-from farsync.elastic.client import EXIT_COORDINATOR_LOST, CoordinatorLost
+from farsync.elastic.client import EXIT_COORDINATOR_LOST, INBOX, CoordinatorLost
 from farsync.elastic.coordinator import Coordinator
-from farsync.elastic.summary import ELASTIC_FIGURES, read_worker_records, write_elastic_summary
+from farsync.elastic.summary import ELASTIC_FIGURES, read_worker_records, result_queue, write_elastic_summary
 from farsync.elastic.token import read_token, write_token
 from farsync.elastic.worker import HOLD_ENV, check_elastic_config
 from farsync.sim.faults import FaultInjector, FaultPlan
+from farsync.sim.fuzz import Fuzzer, FuzzPlan, FuzzTargets
 from farsync.train.lifetime import become_worker_process
 
 __all__ = ["WorkerPool", "launch_elastic"]
@@ -45,6 +47,10 @@ def _worker_entry(
 ) -> None:
     """A worker process: output to its log file, its slot (and any hold point, see
     :data:`farsync.elastic.worker.HOLD_ENV`) in the environment, then ``farsync worker``."""
+    # Objects inherited from the launcher are never collected here: a launcher that had gloo groups or store
+    # connections in its garbage (a test process, a notebook) would otherwise run their C++ destructors in
+    # this child, where the threads they join do not exist, and hang (seen: a worker stuck in a GC pass).
+    gc.freeze()
     become_worker_process(os.getppid())  # dies with the launcher, even a SIGKILLed one
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
@@ -178,9 +184,14 @@ def launch_elastic(
     progress: bool = True,
     *,
     faults: FaultPlan | None = None,
+    fuzz: FuzzPlan | None = None,
     timeout_s: float = 3600.0,
 ) -> dict[str, Any]:
-    """Runs an elastic run on this machine to the end; returns the summary (also in ``summary.json``)."""
+    """Runs an elastic run on this machine to the end; returns the summary (also in ``summary.json``).
+
+    ``fuzz`` sends a stranger's malformed and forged traffic during the run (:mod:`farsync.sim.fuzz`); the
+    summary then carries ``fuzz`` (messages tried, by kind) next to ``rejected_messages``.
+    """
     check_elastic_config(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = _prepare_dir(out_dir)
@@ -189,8 +200,9 @@ def launch_elastic(
     token_path = out_dir / "token"
     token = read_token(token_path) if token_path.is_file() else write_token(token_path)
     _warm_up(config)
-    store = open_store("127.0.0.1", 0, 1, is_master=True)
+    store = host_store("127.0.0.1", 0)
     coordinator = Coordinator(store, token=token, min_workers=config.elastic.min_workers)
+    fuzzer = _start_fuzzer(coordinator, store.port, config.num_workers, fuzz) if fuzz is not None else None
     thread = coordinator.start_thread()
     pool = WorkerPool(config, f"127.0.0.1:{store.port}", token_path, out_dir, holds=_hold_points(faults))
     injector = FaultInjector(faults, pool) if faults is not None else None
@@ -216,9 +228,30 @@ def launch_elastic(
             time.sleep(0.05)
     finally:
         pool.stop_all()
+        if fuzzer is not None:
+            fuzzer.stop()
+        coordinator_alive = thread.is_alive()
         coordinator.stop()
         thread.join(timeout=5)
-    return _write_outputs(config, out_dir, coordinator, injector, previous, time.monotonic() - begin)
+    coordinator.drain()  # what a stranger sent last is counted too
+    summary = _write_outputs(config, out_dir, coordinator, injector, previous, time.monotonic() - begin)
+    if fuzzer is not None:
+        summary.update(fuzz=fuzzer.report.as_dict(), coordinator_alive=coordinator_alive)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _start_fuzzer(coordinator: Coordinator, port: int, num_slots: int, plan: FuzzPlan) -> Fuzzer:
+    """A stranger on the coordinator's port who sees every genuine request (an on-path observer)."""
+    targets = FuzzTargets(
+        inbox=INBOX,
+        key_prefixes=("reply/", "coord/"),
+        queues=tuple(result_queue(slot) for slot in range(num_slots)),
+    )
+    fuzzer = Fuzzer("127.0.0.1", port, targets, plan)
+    coordinator.observers.append(fuzzer.capture)
+    fuzzer.start()
+    return fuzzer
 
 
 def _source_summary(path: Path) -> dict[str, Any] | None:
@@ -262,6 +295,7 @@ def _write_outputs(
         title=f"{summary['algorithm']} x{summary['num_workers']}",
     )
     summary.update(coordinator.summary())
+    summary["rejected_messages"] = summary.get("rejected_by_workers", 0) + summary["rejected_by_coordinator"]
     summary.update(
         elastic_elapsed_s=elapsed_s,
         num_kills=sum(1 for e in injector.log if e["kind"] == "kill") if injector is not None else 0,

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from farsync.comm.schema import MessageRejected, rule, validate
 from farsync.elastic.heartbeat import Liveness
 
 __all__ = ["Arrival", "Decision", "QuorumBook", "Reply"]
@@ -56,15 +57,15 @@ class Arrival:
 class Decision:
     """What a quorum does at one boundary; published to every member."""
 
-    boundary: int
-    quorum_id: int
-    members: tuple[int, ...]
-    source: int
-    healers: tuple[int, ...]
-    round: int
-    step: int
-    reduce: bool
-    reason: str
+    boundary: int = rule(minimum=0)
+    quorum_id: int = rule(minimum=0)
+    members: tuple[int, ...] = rule(max_length=1 << 16)
+    source: int = rule(minimum=0)
+    healers: tuple[int, ...] = rule(max_length=1 << 16)
+    round: int = rule(minimum=0)
+    step: int = rule(minimum=0)
+    reduce: bool = rule()
+    reason: str = rule(max_length=1 << 16)
 
     def rank_of(self, worker: int) -> int:
         return self.members.index(worker)
@@ -76,10 +77,11 @@ class Decision:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Decision:
-        names = cls.__dataclass_fields__
-        values = {k: v for k, v in data.items() if k in names}
-        values["members"], values["healers"] = tuple(values["members"]), tuple(values["healers"])
-        return cls(**values)
+        """The decision in a (verified) reply, type-checked; raises MessageRejected when malformed."""
+        decision = validate(data, cls)
+        if decision.source not in decision.members or not set(decision.healers) <= set(decision.members):
+            raise MessageRejected("Decision: source and healers must be members")
+        return decision
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ class ElasticReducer(Reducer):
                 self.rounds_lost += 1
                 self.inner_steps_lost += self.config.algorithm.num_inner_steps
             committed = bool(
-                self.client.call({"type": "done", "boundary": decision.boundary, "ok": ok})["commit"]
+                self.client.call({"type": "done", "boundary": decision.boundary, "ok": ok}).get("commit")
             )
             if committed:
                 self.decision = decision

@@ -1,17 +1,15 @@
-"""Who may join a run: the run's shared token, read from a file, proven with an HMAC, never sent in clear.
+"""The run's shared token: read from a file, written for a local run, never sent and never on a command line.
 
-The coordinator publishes a random nonce in its store; a worker answers with
-``HMAC-SHA256(token, nonce | worker slot | incarnation)``. The coordinator recomputes it and compares with
-:func:`hmac.compare_digest` (constant time). The token itself never travels and never appears on a command
+Every key of the elastic protocol is derived from it (:mod:`farsync.comm.auth`): a worker's join and every
+later request are signed with a session key ``HMAC(token, session | nonce | slot | incarnation)``, and the
+coordinator's replies with a key of its own. The token itself never travels and never appears on a command
 line (where ``ps`` would show it): it is read from a file that only its owner can read.
 
-A run started without a token file is open: every proof is accepted (the coordinator warns once).
+A run started without a token file is open: nothing is signed or checked (the coordinator warns once).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -19,7 +17,7 @@ from pathlib import Path
 
 from farsync.config import ConfigError
 
-__all__ = ["check_proof", "make_proof", "read_token", "write_token"]
+__all__ = ["read_token", "write_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +43,3 @@ def write_token(path: Path) -> bytes:
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(token + b"\n")
     return token
-
-
-def make_proof(token: bytes | None, nonce: str, slot: int | None, incarnation: str) -> str:
-    """What a worker presents: an HMAC of the coordinator's nonce and its identity ("" without a token)."""
-    if token is None:
-        return ""
-    message = f"{nonce}|{slot}|{incarnation}".encode()
-    return hmac.new(token, message, hashlib.sha256).hexdigest()
-
-
-def check_proof(token: bytes | None, nonce: str, slot: int | None, incarnation: str, proof: str) -> bool:
-    """True when ``proof`` was made with the run's token (always True for an open run)."""
-    if token is None:
-        return True
-    expected = make_proof(token, nonce, slot, incarnation)
-    return hmac.compare_digest(expected.encode(), str(proof).encode())

@@ -287,6 +287,7 @@ class ElasticMember:
             "inner_steps_lost": self.reducer.inner_steps_lost,
             "collective_retries": self.reducer.retries,
             "heal_times_s": self.reducer.heal_times,
+            "rejected_messages": self.client.rejections.total,
         }
 
     # ------------------------------------------------------------------------------------ the end
@@ -318,15 +319,20 @@ def _finish_run(config: RunConfig, member: ElasticMember, result: WorkerResult, 
     payload = vars(result)
     client = member.client
     assert client.slot is not None
-    publish_elastic_result(client.store, client.slot, payload)
+    publish_elastic_result(client.store, client.slot, payload, client.result_key)
     if out_dir is not None:
         (out_dir / f"result.worker{client.slot}.json").write_text(json.dumps(payload) + "\n")
     if out_dir is None or not member.is_final_source():
         return
     others = [slot for slot in member.final_members() if slot != client.slot]
     timeout_s = max(config.elastic.failure_timeout_s, config.elastic.collective_timeout_s)
-    results = [payload, *collect_results(client.store, others, timeout_s)]
-    write_elastic_summary(config, out_dir, results, read_worker_records(out_dir))
+    collected = collect_results(client.store, others, timeout_s, client.result_key, client.rejections)
+    payload["elastic"]["rejected_messages"] = client.rejections.total  # with the results it rejected
+    status = client.status()
+    by_coordinator = status.rejected_messages if status is not None else 0
+    write_elastic_summary(
+        config, out_dir, [payload, *collected], read_worker_records(out_dir), by_coordinator
+    )
 
 
 def join(
