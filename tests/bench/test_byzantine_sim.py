@@ -24,13 +24,17 @@ def test_noise_to_signal_by_hand() -> None:
     assert noise_to_signal(torch.tensor([[1.0, 0.0], [3.0, 0.0]])) == pytest.approx(0.5)
 
 
-def test_simulated_rounds_equal_the_robust_reducer_over_gloo() -> None:
-    # Prepare: CenteredClip with history after NNM, 4 workers, 10 values (4 shards of 3, padded), 2 rounds.
+@pytest.mark.parametrize("preaggregation", ["nnm", "bucketing"])
+def test_simulated_rounds_equal_the_robust_reducer_over_gloo(preaggregation: str) -> None:
+    # Prepare: CenteredClip with history after NNM or bucketing (a new permutation each round: 3 buckets
+    # of 2), 6 workers, 10 values (6 shards of 2, padded), 2 rounds.
+    world = 6
     config = load_config(None, [
-        f"num_workers={WORLD}", "aggregation.rule=centered_clip", "aggregation.tau_scale=neighbors",
-        "aggregation.clip_start=previous", "aggregation.num_iters=2", "aggregation.preaggregation=nnm",
+        f"num_workers={world}", "aggregation.rule=centered_clip", "aggregation.tau_scale=neighbors",
+        "aggregation.clip_start=previous", "aggregation.num_iters=2",
+        f"aggregation.preaggregation={preaggregation}",
     ])  # fmt: skip
-    rounds = [torch.randn(WORLD, 10, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+    rounds = [torch.randn(world, 10, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
     rounds[1][3] += 50.0
 
     def body(rank: int, world: int, group: Any, store: Any) -> list[torch.Tensor]:
@@ -38,7 +42,7 @@ def test_simulated_rounds_equal_the_robust_reducer_over_gloo() -> None:
         return [reducer({"w": stack[rank].clone()})["w"] for stack in rounds]
 
     # Execute
-    real = run_ranks(body, WORLD, prefix="simeq")[0]
+    real = run_ranks(body, world, prefix="simeq")[0]
     simulated = SimulatedAggregation(config)
     # Assert
     for stack, expected in zip(rounds, real, strict=True):

@@ -160,6 +160,8 @@ class Grid:
     fractions: list[int] = field(default_factory=lambda: list(FRACTIONS))
     steps: dict[str, int] = field(default_factory=lambda: dict(STEPS))
     comparisons: bool = True
+    comparison_attacks: list[str] | None = None
+    """The attacks of the comparisons (default: :attr:`attacks`)."""
 
 
 def quick_grid() -> Grid:
@@ -304,7 +306,8 @@ def _compare(cache: _Cache, grid: Grid) -> list[dict[str, Any]]:
     f = max(grid.fractions)
     for label, (regime, extra, server_momentum) in COMPARISONS.items():
         for defence in COMPARED:
-            for attack in ["none", *grid.attacks]:
+            attacks = grid.attacks if grid.comparison_attacks is None else grid.comparison_attacks
+            for attack in ["none", *attacks]:
                 run = _Run(regime=regime, defence=defence, attack=attack, f=0 if attack == "none" else f,
                            num_steps=grid.steps[regime], extra=extra, server_momentum=server_momentum,
                            label=label)  # fmt: skip
