@@ -5,8 +5,8 @@ Setting (issue 19): an MLP (one hidden layer of 64) on a 5,000-image MNIST sampl
 2 x 2 average-pooled to 14 x 14; ``benchmarks/data/mnist_5k_14x14.npz``, see its README), 16 workers with
 about 234 training images each, the Byzantine ones the highest ranks. Runs are simulated in one process
 (:mod:`farsync.bench.byzantine_sim`: the same shards, batches, model, shard-wise rules, worker momentum
-and attacks as the threaded runs, without the network), so the whole curve fits in the time one
-threaded synchronous run used to take per minute.
+and attacks as the threaded runs, without the network): a synchronous run of 200 steps costs a few CPU
+seconds instead of the threaded run's minute, which is what makes hundreds of runs affordable.
 
 - **sync**: every step each worker computes a gradient on a batch of 32 and sends its momentum
   (``aggregation.worker_momentum = 0.9``, Karimireddy et al. 2021, arXiv 2012.10333); the aggregate is
@@ -26,8 +26,10 @@ between 0 and 7/16 (trapezoids). The recommended defence (``aggregation.rule = "
 (:func:`farsync.bench.byzantine_report.choose`). The JSON also has the bytes of verifying a quarter of
 the shard owners per round, measured on threaded runs through the real reducers.
 
-Cost: a synchronous run of :data:`STEPS` steps is a few CPU seconds, a DiLoCo run about one; the full
-grid is :data:`DEFENCES` x (1 + 12 attacks x 4 fractions) runs per regime plus the comparisons.
+Cost: a synchronous run of :data:`STEPS` steps is a few CPU seconds, a DiLoCo run two or three; the full
+grid is 8 defences x (1 + 12 attacks x 4 fractions) = 392 runs per regime plus the comparisons (52 runs)
+and two threaded verification runs, about 50 CPU minutes on one core; ``--quick`` is 30 runs of 30
+steps and two short threaded runs, a minute or two.
 ``grid`` (see :class:`Grid`) runs part of it. Finished runs are cached by their settings
 (``FARSYNC_BENCH_CACHE``, default a ``farsync-byzantine`` folder in the temporary directory), so an
 interrupted sweep resumes; use a fresh folder after changing the code or a default the runs rely on.
