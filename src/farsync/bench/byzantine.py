@@ -73,6 +73,8 @@ __all__ = [
     "VERIFY_FRACTION",
     "WORKER_MOMENTUM",
     "Grid",
+    "committed_grid",
+    "quick_grid",
     "run",
 ]
 
@@ -175,6 +177,24 @@ def quick_grid() -> Grid:
         fractions=[3, 7],
         steps={"sync": 3 if smoke() else 30, "diloco": 10 if smoke() else 30},
         comparisons=False,
+    )
+
+
+def committed_grid() -> Grid:
+    """The reduced grid of the committed results (benchmarks/results/byzantine.md): 4 defences, 6 attacks,
+    100 synchronous and 60 DiLoCo steps, the comparisons on 2 attacks; what fitted an hour on a shared
+    2-core machine. ``run(out_dir, False, committed_grid())`` reproduces it."""
+    defences = [
+        "mean",
+        "median + nnm",
+        "centered_clip (neighbors radius) + nnm",
+        "centered_clip (history) + nnm",
+    ]
+    return Grid(
+        defences={regime: defences for regime in REGIMES},
+        attacks=["sign_flip", "gaussian", "alie", "ipm_0.5", "mimic", "min_sum"],
+        steps={"sync": 100, "diloco": 60},
+        comparison_attacks=["alie", "mimic"],
     )
 
 
@@ -360,6 +380,8 @@ def run(out_dir: Path, quick: bool, grid: Grid | None = None) -> dict[str, Any]:
     chosen = choose(tables)
     meta: dict[str, Any] = {
         "quick": quick,
+        "full_grid": grid == Grid(),
+        "defences": grid.defences,
         "num_workers": NUM_WORKERS,
         "fractions": grid.fractions,
         "attacks": grid.attacks,

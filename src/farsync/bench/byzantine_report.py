@@ -140,9 +140,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Byzantine robustness: breakdown curves (MLP on MNIST 5k, {meta['num_workers']} workers)",
         "",
-        "Command: `farsync bench byzantine" + (" --quick" if meta["quick"] else "") + "` (simulated in one "
-        f"process, see `farsync.bench.byzantine_sim`); seed 0; {meta['num_runs']} runs, "
-        f"{meta['cpu_seconds']:.0f} CPU seconds. Attacks: " + ", ".join(f"`{a}`" for a in meta["attacks"]) + ".",
+        "Command: `farsync bench byzantine" + (" --quick" if meta["quick"] else "") + "`"
+        + ("" if meta.get("full_grid", True) else " on a reduced grid (`farsync.bench.byzantine.run(out, False, "
+           "committed_grid())`: the defences, attacks and steps below; the full grid has 8 defences, 12 attacks and 200 / 100 "
+           "steps)") + f" (simulated in one process, see `farsync.bench.byzantine_sim`); seed 0; "
+        f"{meta['num_runs']} runs, {meta['cpu_seconds']:.0f} CPU seconds. Attacks: "
+        + ", ".join(f"`{a}`" for a in meta["attacks"]) + ".",
         "",
         f"Largest mean area over both regimes: **{chosen['defence']}** (`" + " ".join(chosen["settings"]) + "`), "
         "what `aggregation.rule = \"robust\"` selects.",
