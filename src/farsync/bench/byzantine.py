@@ -28,7 +28,7 @@ the shard owners per round, measured on threaded runs through the real reducers.
 
 Cost: a synchronous run of :data:`STEPS` steps is a few CPU seconds, a DiLoCo run two or three; the full
 grid is 8 defences x (1 + 12 attacks x 4 fractions) = 392 runs per regime plus the comparisons (52 runs)
-and two threaded verification runs, about 50 CPU minutes on one core; ``--quick`` is 30 runs of 30
+and two threaded verification runs, about an hour of CPU on one core (estimated from the committed runs); ``--quick`` is 30 runs of 30
 steps and two short threaded runs, a minute or two.
 ``grid`` (see :class:`Grid`) runs part of it. Finished runs are cached by their settings
 (``FARSYNC_BENCH_CACHE``, default a ``farsync-byzantine`` folder in the temporary directory), so an
