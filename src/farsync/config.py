@@ -589,6 +589,12 @@ class AggregationConfig:
     tau_scale: Literal["median", "neighbors"] = "median"
     """CenteredClip with adaptive_tau: the spread tau multiplies: median distance to the coordinate-wise
     median, or median distance to the (n - f)-th nearest update (attackers cannot inflate it)."""
+    clip_start: Literal["median", "previous"] = "median"
+    """CenteredClip: start from the coordinate-wise median, or from the previous round's aggregate
+    (CenteredClip with history, Karimireddy et al. 2021; pair it with num_iters 1 to 3)."""
+    worker_momentum: float = 0.0
+    """Robust path: each worker sends its momentum m <- beta m + update instead of its update (Karimireddy
+    et al. 2021), beta in [0, 1); 0 disables. Turn the optimizer's own momentum off with it."""
     preaggregation: Literal["none", "nnm", "bucketing"] = "none"
     """Applied before the rule: nearest-neighbour mixing (Allouah et al. 2023) or bucketing (Karimireddy
     et al. 2022)."""
@@ -619,6 +625,7 @@ class AggregationConfig:
             or self.max_norm > 0
             or self.outlier_ratio > 0
             or self.verify_fraction > 0
+            or self.worker_momentum > 0
         )
 
     def validate(self) -> None:
@@ -638,6 +645,18 @@ class AggregationConfig:
             "must be in [0, 1] (0 disables)",
         )
         _check(self.m >= 1, "aggregation.m", self.m, "must be >= 1")
+        _check(
+            0 <= self.worker_momentum < 1,
+            "aggregation.worker_momentum",
+            self.worker_momentum,
+            "must be in [0, 1) (0 disables)",
+        )
+        _check(
+            self.clip_start == "median" or self.verify_fraction == 0,
+            "aggregation.clip_start",
+            self.clip_start,
+            "'previous' cannot be verified yet: set aggregation.verify_fraction = 0",
+        )
         _check(self.tau > 0, "aggregation.tau", self.tau, "must be > 0")
         _check(self.num_iters >= 1, "aggregation.num_iters", self.num_iters, "must be >= 1")
         _check(self.max_norm >= 0, "aggregation.max_norm", self.max_norm, "must be >= 0 (0 disables)")

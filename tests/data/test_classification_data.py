@@ -49,3 +49,23 @@ def test_npz_errors_name_the_problem(tmp_path: Path) -> None:
         load_npz(no_y)
     with pytest.raises(ValueError, match=r"x has shape \(4, 2\) and y has shape \(3,\)"):
         load_npz(mismatched)
+
+
+def test_npz_uint8_features_are_pixels_scaled_to_one(tmp_path: Path) -> None:
+    # Prepare: 0, 51 and 255 as uint8 pixels, and the same values as float (left as they are).
+    x = np.array([[0, 51], [255, 0], [51, 255], [0, 0]] * 2, dtype=np.uint8)
+    y = np.array([0, 1] * 4)
+    np.savez(tmp_path / "pixels.npz", x=x, y=y)
+    np.savez(tmp_path / "floats.npz", x=x.astype(np.float32), y=y)
+    # Execute
+    pixels, floats = load_npz(tmp_path / "pixels.npz"), load_npz(tmp_path / "floats.npz")
+    # Assert
+    assert pixels.x_train.unique().tolist() == pytest.approx([0.0, 0.2, 1.0])
+    assert float(floats.x_train.max()) == 255.0
+
+
+def test_shipped_mnist_sample_loads() -> None:
+    data = load_npz(Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "mnist_5k_14x14.npz")
+    assert data.num_features == 196 and data.num_classes == 10
+    assert len(data.y_train) + len(data.y_test) == 5000
+    assert 0.0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1.0

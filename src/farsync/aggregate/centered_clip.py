@@ -109,7 +109,7 @@ def clipping_radius(stack: torch.Tensor, tau: float, radius: str, f: int = 0) ->
                 f"f must be < n={n} (the radius reaches each row's n - f nearest rows), got f={f}"
             )
         wide = stack.to(torch.float64)
-        distances = torch.stack([torch.linalg.vector_norm(wide - row, dim=1) for row in wide])
+        distances = torch.cdist(wide, wide, compute_mode="donot_use_mm_for_euclid_dist")
         reach = distances.sort(dim=1).values[:, n - f - 1]
         return tau * float(reach.median())
     raise ValueError(f"radius must be one of {', '.join(RADII)}, got {radius!r}")

@@ -41,10 +41,10 @@ def nearest_neighbor_mixing(stack: torch.Tensor, f: int) -> torch.Tensor:
     check_byzantine_count(f)
     if f >= n:
         raise ValueError(f"f must be < n={n} (each row averages its n - f nearest rows), got f={f}")
-    # Differences formed explicitly (not |a|^2 + |b|^2 - 2ab), as in krum_scores: honest rows are close,
+    # Differences formed explicitly (cdist without the |a|^2 + |b|^2 - 2ab shortcut), as in krum_scores: honest rows are close,
     # exactly where the expanded form cancels. Accumulated in float64 so near ties are ordered exactly.
     wide = stack.to(torch.float64)
-    distances = torch.stack([(wide - row).pow(2).sum(dim=1) for row in wide])
+    distances = torch.cdist(wide, wide, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
     order = distances.sort(dim=1, stable=True).indices[:, : n - f]
     return stack[order].mean(dim=1)
 

@@ -61,6 +61,7 @@ def build_aggregator(
     bucket_size: int = 2,
     generator: torch.Generator | None = None,
     clamp_f: bool = False,
+    start: torch.Tensor | None = None,
 ) -> Aggregator:
     """Return the aggregator named ``rule``, after ``preaggregation``, with its parameters bound.
 
@@ -68,13 +69,18 @@ def build_aggregator(
     the ``"neighbors"`` radius and ``"nnm"``), ``m`` (multi_krum), ``tau``, ``radius``, ``num_iters`` and
     ``tol`` (centered_clip), ``bucket_size`` and ``generator`` (``"bucketing"``; default: seeded with 0).
     With ``clamp_f``, ``f`` is lowered at call time to :func:`max_tolerated` for the rows the rule sees
-    (Krum falls back to the median when no ``f`` fits). An unknown name or an impossible parameter raises
+    (Krum falls back to the median when no ``f`` fits). ``start`` (centered_clip only, shape ``[d]``) is
+    where the iterations begin instead of the coordinate-wise median: the previous round's aggregate for
+    CenteredClip with history (Karimireddy, He and Jaggi 2021, arXiv 2012.10333, Algorithm 2), which
+    pairs it with few iterations (``num_iters`` 1 to 3). An unknown name or an impossible parameter raises
     ``ValueError`` naming the parameter, the value and what is allowed.
     """
     reads_f = rule in ("krum", "multi_krum") or preaggregation == "nnm"
     if reads_f or (rule == "centered_clip" and radius == "neighbors"):
         check_byzantine_count(f)
-    core = _rule(rule, beta=beta, f=f, m=m, tau=tau, num_iters=num_iters, tol=tol, radius=radius)
+    if start is not None and rule != "centered_clip":
+        raise ValueError(f"start is a centered_clip option; rule {rule!r} takes none")
+    core = _rule(rule, beta=beta, f=f, m=m, tau=tau, num_iters=num_iters, tol=tol, radius=radius, start=start)
     rule_f = functools.partial(_with_f, rule, core, f, clamp_f)
     if preaggregation == "none":
         return rule_f
@@ -92,7 +98,16 @@ _Core = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def _rule(
-    rule: str, *, beta: float, f: int, m: int, tau: float, num_iters: int, tol: float, radius: str
+    rule: str,
+    *,
+    beta: float,
+    f: int,
+    m: int,
+    tau: float,
+    num_iters: int,
+    tol: float,
+    radius: str,
+    start: torch.Tensor | None,
 ) -> _Core:
     if rule == "mean":
         return lambda stack, _f: mean(stack)
@@ -112,18 +127,27 @@ def _rule(
         check_positive("tol", tol, allow_zero=True)
         if radius not in RADII:
             raise ValueError(f"radius must be one of {', '.join(RADII)}; got {radius!r}")
-        return functools.partial(_centered_clip, tau=tau, radius=radius, num_iters=num_iters, tol=tol)
+        return functools.partial(
+            _centered_clip, tau=tau, radius=radius, num_iters=num_iters, tol=tol, start=start
+        )
     raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
 
 
 def _centered_clip(
-    stack: torch.Tensor, f: int, *, tau: float, radius: str, num_iters: int, tol: float
+    stack: torch.Tensor,
+    f: int,
+    *,
+    tau: float,
+    radius: str,
+    num_iters: int,
+    tol: float,
+    start: torch.Tensor | None,
 ) -> torch.Tensor:
-    start = median(stack)
+    init = median(stack) if start is None else start
     scaled = clipping_radius(stack, tau, radius, f)
     if scaled <= 0:
-        return start  # every row sits on the median: nothing to clip
-    return centered_clip(stack, tau=scaled, num_iters=num_iters, tol=tol, init=start)
+        return median(stack)  # every row coincides: that row is the answer, wherever the start was
+    return centered_clip(stack, tau=scaled, num_iters=num_iters, tol=tol, init=init)
 
 
 def _with_f(rule: str, core: _Core, f: int, clamp_f: bool, stack: torch.Tensor) -> torch.Tensor:

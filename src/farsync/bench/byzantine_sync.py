@@ -9,7 +9,8 @@ and the reducer :func:`farsync.train.build.build_reducer` makes for the configur
 over the butterfly for a robust rule, the ring all-reduce for the mean), wrapped by the attack simulation
 (:func:`farsync.sim.attacking.build_attacking_reducer`) when ``byzantine.workers`` is set. Every step a
 worker computes its gradient, the reducer aggregates the gradients, and every worker applies the same
-aggregate with its own (identical) SGD optimizer: momentum is applied after aggregation, as in DDP.
+aggregate with its own (identical) SGD optimizer: momentum is applied after aggregation, as in DDP, unless
+``aggregation.worker_momentum`` is set (the workers then send their momenta and the step is plain SGD).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def run_sync(config: RunConfig) -> dict[str, Any]:
         )
         model = task.model
         named = dict(model.named_parameters())
-        optimizer = torch.optim.SGD(model.parameters(), lr=SYNC_LR, momentum=SYNC_MOMENTUM)
+        # With worker momentum the workers already send momenta: the step must not add momentum again.
+        momentum = 0.0 if config.aggregation.resolved().worker_momentum > 0 else SYNC_MOMENTUM
+        optimizer = torch.optim.SGD(model.parameters(), lr=SYNC_LR, momentum=momentum)
         for _ in range(config.train.num_steps):
             x, y = next(task.batches)
             optimizer.zero_grad(set_to_none=False)

@@ -73,6 +73,9 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> Classificat
 def load_npz(path: str | os.PathLike[str], test_fraction: float = 0.25, seed: int = 0) -> ClassificationData:
     """Load arrays ``x`` (features, any shape ``[N, ...]``) and ``y`` (integer labels ``[N]``) and split them.
 
+    Features stored as ``uint8`` are taken as pixels and scaled to [0, 1] (divided by 255); any other
+    numeric type is used as it is (float32).
+
     Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` if it is not an ``.npz`` archive,
     lacks ``x`` or ``y``, holds non-numeric arrays, their lengths differ, or ``y`` is not non-negative
     integers. Every message names the file and what is wrong, in one line.
@@ -89,7 +92,10 @@ def load_npz(path: str | os.PathLike[str], test_fraction: float = 0.25, seed: in
         if missing:
             raise ValueError(f"{file} lacks array(s) {missing}; found {arrays.files}, need 'x' and 'y'")
         try:
-            features = np.asarray(arrays["x"], dtype=np.float32)
+            stored = np.asarray(arrays["x"])
+            features = np.asarray(stored, dtype=np.float32)
+            if stored.dtype == np.uint8:
+                features /= 255.0
             raw_labels = np.asarray(arrays["y"])
         except ValueError as error:  # object arrays need pickle, which is never loaded from data files
             raise ValueError(f"{file}: x and y must be numeric arrays ({error})") from None

@@ -58,6 +58,14 @@ publishing a wrong aggregate is excluded and its shard redone, and an excluded o
 by the next live worker from then on (BTARD's accuse-and-ban, :mod:`farsync.collectives.verification`,
 ledger channel ``"verify"``). The low-rank gather path needs none: every worker applies every rule itself.
 
+Worker momentum and history (Karimireddy et al. 2021, arXiv 2012.10333): with
+``aggregation.worker_momentum = beta`` every worker sends its momentum (:class:`WorkerMomentum`) instead of
+its update, computed in :meth:`RobustReducer.prepare`; an attack simulation wrapping this reducer forges
+from those momenta and hands what it sends to :meth:`RobustReducer.reduce_prepared`. With
+``aggregation.clip_start = "previous"`` every owner starts CenteredClip from its shard of the previous
+round's aggregate, which every worker holds after the all-gather (butterfly path only: not with
+``lowrank``, and not yet with verification, whose re-computation does not carry the start).
+
 Failure and trust: a collective error raises from :meth:`RobustReducer.reduce` like any reducer. Without
 verification the owners are trusted to apply the rule honestly. An excluded worker stays in the process
 group, sending zeros.
@@ -80,8 +88,9 @@ from farsync.compress.codecs import Fp32Codec, WireCodec
 from farsync.compress.kinds import wire_codec
 from farsync.compress.lowrank import LowRankCodec
 from farsync.compress.residuals import Residuals
-from farsync.config import AggregationConfig, CompressionConfig
+from farsync.config import AggregationConfig, CompressionConfig, ConfigError
 from farsync.reducers.base import Reducer, flatten, unflatten
+from farsync.reducers.momentum import WorkerMomentum
 from farsync.reducers.shard_rule import ShardAggregator
 from farsync.reducers.validation import StrikeBook, UpdateSummary, check_summary
 
@@ -160,9 +169,26 @@ class RobustReducer(Reducer):
         self.last_rejected: dict[int, str] = {}
         self.verifier = _verifier(comm, config, self.codec) if lowrank is None else None
         self.last_checked: list[int] = []
+        beta = config.resolved().worker_momentum
+        self.momentum = WorkerMomentum(beta) if beta > 0 else None
+        self.previous: torch.Tensor | None = None
+        if self.aggregator.uses_history and (lowrank is not None or self.verifier is not None):
+            raise ConfigError(
+                "aggregation.clip_start", "previous",
+                "needs the butterfly path without verification (not with compression.kind = 'lowrank' "
+                "or aggregation.verify_fraction > 0)",
+            )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- round
+    def prepare(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What this worker sends for ``named``: its momentum with ``worker_momentum``, else ``named``."""
+        return self.momentum(named) if self.momentum is not None else named
+
     def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        return self.reduce_prepared(self.prepare(named), weight)
+
+    def reduce_prepared(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """One round on what :meth:`prepare` returned (or on what an attacker forged in its place)."""
         # With error feedback the worker contributes (and declares the norm of) its corrected update.
         corrected = self.residuals.corrected(named) if self.residuals is not None else named
         vector = flatten(corrected)
@@ -171,16 +197,22 @@ class RobustReducer(Reducer):
         weights = self._screen(summaries, numel)
         declared = summaries[:, 5]
 
-        def owner_rule(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._owner_rule(stack, weights, declared)
-
         layout = ShardLayout(numel, self.comm.world_size)
+        previous = None
+        if self.aggregator.uses_history and self.previous is not None and self.previous.numel() == numel:
+            previous = layout.split(self.previous)[self.comm.rank]  # the owner's shard is its rank's
+
+        def owner_rule(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._owner_rule(stack, weights, declared, previous)
+
         accepted = bool(weights[self.comm.rank] > 0)
         if self.lowrank is not None:
             result, verdicts = self._gather_lowrank(corrected, accepted, layout, owner_rule)
         else:
             result, verdicts = self._butterfly(corrected, vector, accepted, layout, owner_rule)
         self._strike_flagged(verdicts)
+        if self.aggregator.uses_history:
+            self.previous = result.detach().float().clone()
         self.round += 1
         if vector.numel() == numel:
             return unflatten(result, named)
@@ -243,7 +275,11 @@ class RobustReducer(Reducer):
         return result, verdicts
 
     def _owner_rule(
-        self, stack: torch.Tensor, weights: torch.Tensor, declared: torch.Tensor
+        self,
+        stack: torch.Tensor,
+        weights: torch.Tensor,
+        declared: torch.Tensor,
+        previous: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """This owner's shard from the accepted senders, and a verdict per sender (see :data:`_VERDICTS`)."""
         self.aggregator.reseed(self.round)  # a verifier re-computing this shard draws the same buckets
@@ -253,7 +289,7 @@ class RobustReducer(Reducer):
         )
         accepted = torch.where(mismatch, torch.zeros_like(weights), weights).float()
         stack = torch.nan_to_num(stack)
-        reduced = self.aggregator(stack, accepted)
+        reduced = self.aggregator(stack, accepted, previous)
         verdicts = mismatch.float()
         ratio = self.config.outlier_ratio
         if ratio > 0 and int((accepted > 0).sum()) >= 3:
@@ -334,6 +370,8 @@ class RobustReducer(Reducer):
             "strikes": self.strikes.state_dict(),
             "residuals": self.residuals.state_dict() if self.residuals is not None else {},
             "lowrank": self.lowrank.state_dict() if self.lowrank is not None else {},
+            "momentum": self.momentum.state_dict() if self.momentum is not None else {},
+            "previous": self.previous,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -345,6 +383,9 @@ class RobustReducer(Reducer):
             self.residuals.load_state_dict(state.get("residuals", {}))
         if self.lowrank is not None:
             self.lowrank.load_state_dict(state.get("lowrank", {}))
+        if self.momentum is not None:
+            self.momentum.load_state_dict(state.get("momentum", {}))
+        self.previous = state.get("previous")
 
 
 def _verifier(comm: Communicator, config: AggregationConfig, codec: WireCodec) -> ShardVerifier | None:

@@ -9,6 +9,8 @@ left is settled here, per call, because exclusions change it from round to round
   (``(n - 1) // 2``, ``(n - 3) // 2`` for Krum); an explicit ``f`` is lowered to that bound when exclusions
   leave too few senders (Krum falls back to the median below 3).
 - Multi-Krum's ``m`` is lowered to the number of rows the rule sees (buckets, with bucketing).
+- ``aggregation.clip_start = "previous"``: CenteredClip starts from ``previous``, the caller's copy of this
+  shard of the last round's aggregate (the median while there is none yet, in the first round).
 - Every owner seeds its bucketing generator from the round (:meth:`ShardAggregator.reseed`), so in a round
   every shard is bucketed with the same permutation (the buckets are the same groups of workers as if the
   whole vectors were bucketed) and a peer re-computing an owner's shard draws the same buckets.
@@ -58,8 +60,14 @@ class ShardAggregator:
         whoever computes it (the owner, or a peer verifying the owner)."""
         self.generator.manual_seed(self.seed * 1_000_003 + round_index)
 
-    def __call__(self, stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Aggregate the rows of ``stack`` with positive ``weights`` (zeros when there are none)."""
+    def __call__(
+        self, stack: torch.Tensor, weights: torch.Tensor, previous: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Aggregate the rows of ``stack`` with positive ``weights`` (zeros when there are none).
+
+        ``previous`` (shape ``[shard]``) is this shard's aggregate of the last round, the start of
+        CenteredClip with ``clip_start = "previous"``; ignored otherwise, and ``None`` starts from the median.
+        """
         keep = weights > 0
         if not bool(keep.any()):
             return stack.new_zeros(stack.shape[1])
@@ -71,9 +79,15 @@ class ShardAggregator:
         seen = math.ceil(count / config.bucket_size) if config.preaggregation == "bucketing" else count
         # f = count is always above the bound, so clamping turns it into "as many as the rule allows".
         f = count if config.f < 0 else config.f
-        return self._build(f=f, m=min(config.m, seen))(rows)
+        start = previous if self.uses_history else None
+        return self._build(f=f, m=min(config.m, seen), start=start)(rows)
 
-    def _build(self, *, f: int, m: int) -> Aggregator:
+    @property
+    def uses_history(self) -> bool:
+        """Whether the rule starts from the previous round's aggregate (CenteredClip with history)."""
+        return self.config.rule == "centered_clip" and self.config.clip_start == "previous"
+
+    def _build(self, *, f: int, m: int, start: torch.Tensor | None = None) -> Aggregator:
         config = self.config
         return build_aggregator(
             config.rule,
@@ -87,4 +101,5 @@ class ShardAggregator:
             bucket_size=config.bucket_size,
             generator=self.generator,
             clamp_f=True,
+            start=start,
         )

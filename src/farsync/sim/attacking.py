@@ -13,6 +13,11 @@ any factory keyword (``{eps = 0.1}`` for ``ipm``, ``{z = 1.5}`` for ``alie``, ``
 ``min_max``/``min_sum``, ``{target = 2}`` for ``mimic``) and wins over the ``scale`` mapping. A plug-in
 factory receives ``scale=byzantine.scale`` when it accepts a ``scale`` keyword, and ``byzantine.params``.
 
+Worker momentum: when ``inner`` is the robust reducer, every worker first turns its update into what it
+would send (:meth:`~farsync.reducers.robust.RobustReducer.prepare`: its momentum with
+``aggregation.worker_momentum``), so the attack forges from the honest vectors of the round as sent, and the
+forgery goes to ``reduce_prepared`` untouched: an attacker's momentum is whatever it chooses to send.
+
 Collusion: ``ctx.honest_updates`` holds the honest updates of every Byzantine worker this round and
 ``ctx.honest_peers`` those of the honest workers. They are obtained with an all-gather over the same
 process group on a separate :class:`Communicator` (channel ``"simulation"``) with its own
@@ -34,6 +39,7 @@ from farsync.comm.communicator import Communicator
 from farsync.comm.ledger import ByteLedger
 from farsync.config import ByzantineConfig, ConfigError, RunConfig
 from farsync.reducers.base import Reducer, flatten, unflatten
+from farsync.reducers.robust import RobustReducer
 from farsync.sim.attacks import LABEL_FLIP, Attack, AttackContext, _resolve_factory, alie_z, load_attack
 
 __all__ = ["STALE_ROUNDS", "AttackingReducer", "build_attack", "build_attacking_reducer"]
@@ -104,6 +110,9 @@ class AttackingReducer(Reducer):
         )
 
     def reduce(self, named: dict[str, torch.Tensor], weight: float = 1.0) -> dict[str, torch.Tensor]:
+        robust = self.inner if isinstance(self.inner, RobustReducer) else None
+        original = named
+        named = robust.prepare(named) if robust is not None else named
         honest = flatten(named)
         colluders, peers = self._colluders(honest)
         sent = named
@@ -125,9 +134,11 @@ class AttackingReducer(Reducer):
             )
             sent = unflatten(forged, named) if well_formed else {"forged": forged}
         self.round += 1
-        result = self.inner.reduce(sent, weight)
-        if result.keys() != named.keys():
-            return unflatten(flatten(result), named)
+        result = (
+            robust.reduce_prepared(sent, weight) if robust is not None else self.inner.reduce(sent, weight)
+        )
+        if result.keys() != original.keys():
+            return unflatten(flatten(result), original)
         return result
 
     def _colluders(self, honest: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
