@@ -513,6 +513,9 @@ class NetworkConfig:
     emulation: Literal["sleep", "virtual", "off"] = "sleep"
     """sleep: collectives really take the link's time; virtual: the time is added to a simulated clock
     (for long benchmarks); off: no emulation (a real link, e.g. across hosts)."""
+    step_time_s: float = 0.0
+    """Virtual clock only: model every inner step as taking this many seconds of compute instead of measuring
+    it (0: measured). Makes emulated wall-clock independent of this machine's load (comm/clock.py)."""
     worker_bandwidth: dict[str, float] = field(
         default_factory=dict, metadata={"parse": _parse_table(parse_bandwidth)}
     )
@@ -533,6 +536,13 @@ class NetworkConfig:
                 setattr(self, f.name, parse(getattr(self, f.name), f"network.{f.name}"))
 
     def validate(self, num_workers: int) -> None:
+        _check(self.step_time_s >= 0, "network.step_time_s", self.step_time_s, "must be >= 0 (0: measured)")
+        _check(
+            self.step_time_s == 0 or self.emulation == "virtual",
+            "network.step_time_s",
+            self.step_time_s,
+            f"a modelled step time needs network.emulation = 'virtual' (got {self.emulation!r})",
+        )
         for table in ("worker_bandwidth", "worker_latency"):
             for rank in getattr(self, table):
                 _check(
@@ -960,6 +970,13 @@ class RunConfig:
             self.train.report_every,
             f"only ddp and gossip report by steps; algorithm.name = {self.algorithm.name!r} reports once per "
             "outer round (every algorithm.num_inner_steps steps)",
+        )
+        _check(
+            self.network.step_time_s == 0
+            or not (self.algorithm.name == "fedavg" and self.federated.num_clients > 0),
+            "network.step_time_s",
+            self.network.step_time_s,
+            "federated clients measure their compute; a modelled step time needs federated.num_clients = 0",
         )
         _check(
             self.elastic.min_workers <= self.num_workers,

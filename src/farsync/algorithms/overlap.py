@@ -162,7 +162,7 @@ class OverlappedDiLoCo(DiLoCo):
         self.pending: Pending[Named] | None = None
         self.resolved: Named | None = None
         self.anchor = self._local_copy()
-        self.timer = InnerStepTimer()
+        self.timer = InnerStepTimer(comm.clock)
         self.time_budget_s: float | None = None
         self.sent: Named | None = None
         """Eager: this worker's pseudo-gradient of the round in flight, and the estimate it restarted from."""

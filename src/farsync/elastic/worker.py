@@ -123,7 +123,7 @@ class ElasticMember:
         # for its group; a quorum that shrinks for a while keeps the recipe of the full run.
         config = dataclasses.replace(config, algorithm=config.algorithm.with_outer_recipe(config.num_workers))
         self.config, self.ctx, self.client = config, ctx, client
-        clock = Clock(config.network.emulation)
+        clock = Clock(config.network.emulation, step_time_s=config.network.step_time_s)
         ledger = ByteLedger(rank=ctx.rank)
         # No fixed group: the elastic reducer builds one per quorum over this communicator's ledger and clock.
         local = Communicator(None, 0, 1, ledger=ledger, clock=clock, link=None)
