@@ -1,0 +1,53 @@
+"""``farsync bench frontier``: the pure pieces against hand-computed values, and a smoke run end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bench_helpers import finite, smoke_size, written
+
+from farsync.bench import run_benchmark
+from farsync.bench.frontier import STEP_S, link_bandwidth_bps, loss_at, time_to
+from farsync.comm.cost import Collective, LinkModel, wire_time
+
+
+def test_link_bandwidth_gives_the_asked_ratio() -> None:
+    # 1,000 parameters + the weight element, 4 workers: a ring all-reduce of 4,004 bytes.
+    for ratio in (1.0, 10.0, 100.0):
+        bps = link_bandwidth_bps(1000, ratio, num_workers=4)
+        seconds = wire_time(Collective.ALL_REDUCE, 4004, 4, LinkModel(bps, 0.0))
+        assert seconds == pytest.approx(ratio * STEP_S)
+
+
+def test_curve_readers() -> None:
+    curve = [(1.0, 3.0), (2.0, 2.5), (4.0, 2.0)]
+    assert time_to(curve, 2.5) == 2.0
+    assert time_to(curve, 1.9) is None
+    assert loss_at(curve, 0.5) is None
+    assert loss_at(curve, 3.9) == 2.5
+    assert loss_at(curve, 4.0) == 2.0
+
+
+@pytest.mark.timeout(300)
+def test_frontier_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke_size(monkeypatch)
+    monkeypatch.setenv("FARSYNC_FRONTIER_METHODS", "diloco_h15,streaming_int4")
+    run_benchmark("frontier", tmp_path, quick=True)
+    data, markdown = written(tmp_path, "frontier_quick")
+    assert set(data["links"]) == {"1x", "100x"}
+    slow, fast = data["links"]["100x"], data["links"]["1x"]
+    for link in (slow, fast):
+        rows = link["rows"]
+        assert {"ddp", "diloco_h15", "streaming_int4"} <= set(rows)
+        ddp_bytes = rows["ddp"]["bytes_sent_per_worker"]
+        for row in rows.values():
+            assert finite(row["final_eval_loss"], row["wall_s"])
+            assert row["bytes_vs_ddp"] == pytest.approx(ddp_bytes / row["bytes_sent_per_worker"])
+        # T_eq is the fastest method's time; every method's loss there is read off its own curve.
+        assert link["t_eq_s"] == pytest.approx(min(r["wall_s"] for r in rows.values()))
+        assert (tmp_path / f"frontier_{link['ratio']:g}x_quick.png").stat().st_size > 0
+    # Same steps, same losses on both links (no method here adapts to the link); only the time differs.
+    assert slow["rows"]["diloco_h15"]["final_eval_loss"] == fast["rows"]["diloco_h15"]["final_eval_loss"]
+    assert slow["rows"]["ddp"]["wall_s"] > 10 * fast["rows"]["ddp"]["wall_s"]
+    assert "Which method to pick" in markdown
