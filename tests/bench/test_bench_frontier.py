@@ -8,7 +8,7 @@ import pytest
 from bench_helpers import finite, smoke_size, written
 
 from farsync.bench import run_benchmark
-from farsync.bench.frontier import STEP_S, link_bandwidth_bps, loss_at, time_to
+from farsync.bench.frontier import STEP_S, _Bench, link_bandwidth_bps, loss_at, retime, time_to
 from farsync.comm.cost import Collective, LinkModel, wire_time
 
 
@@ -18,6 +18,11 @@ def test_link_bandwidth_gives_the_asked_ratio() -> None:
         bps = link_bandwidth_bps(1000, ratio, num_workers=4)
         seconds = wire_time(Collective.ALL_REDUCE, 4004, 4, LinkModel(bps, 0.0))
         assert seconds == pytest.approx(ratio * STEP_S)
+
+
+def test_retime_scales_only_the_communication() -> None:
+    # Step 10 at 1.5 s: 1.0 s of modelled compute and 0.5 s on the link; a 10x slower link makes it 5 s.
+    assert retime([(10, 1.5, 2.0)], 10.0) == [(10, pytest.approx(1.0 + 5.0), 2.0)]
 
 
 def test_curve_readers() -> None:
@@ -51,3 +56,11 @@ def test_frontier_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert slow["rows"]["diloco_h15"]["final_eval_loss"] == fast["rows"]["diloco_h15"]["final_eval_loss"]
     assert slow["rows"]["ddp"]["wall_s"] > 10 * fast["rows"]["ddp"]["wall_s"]
     assert "Which method to pick" in markdown
+    # The blocking methods ran on the fast link and were retimed for the slow one: a real run there agrees.
+    assert slow["rows"]["ddp"]["retimed_from"] == "1x"
+    real = _Bench(tmp_path, quick=True).run("ddp_real_100x", 100.0, ["algorithm.name=ddp"])
+    assert real["final_eval_loss"] == slow["rows"]["ddp"]["final_eval_loss"]
+    assert real["wall_s"] == pytest.approx(slow["rows"]["ddp"]["wall_s"], rel=1e-6)
+    assert [w for w, _ in real["curve"]] == pytest.approx(
+        [w for w, _ in slow["rows"]["ddp"]["curve"]], rel=1e-6
+    )

@@ -19,6 +19,14 @@ Streaming DiLoCo with 4-bit fragments; DiLoCoX as shipped; SparseLoCo; DiLoCo wi
 one-step-delay overlap (Kale et al. 2025). Every method trains the same 1,200 steps (equal tokens) on every
 link; what differs is the time they take.
 
+Methods whose every collective blocks the training thread (DDP, synchronous DiLoCo, SparseLoCo) train the
+same trajectory on every link and differ only in time, and with modelled compute and no latency their time
+is exactly ``steps x STEP_S + (comm on the reference link) x (ratio / reference ratio)`` (every collective's
+link time is proportional to 1 / bandwidth). They run once, on the fastest link, and are *retimed* for the
+others (:func:`retime`; a test checks the retimed DDP against a run on the slow link). Overlapped and
+adaptive methods (Streaming, DiLoCoX, eager, naive) run on every link: how much of their communication hides
+behind compute depends on the link.
+
 Reported per link: final loss and the time to finish; the loss each method holds at **equal wall-clock**
 (``T_eq``, the time the fastest method needs for its 1,200 steps; a slower method is read off its evaluation
 curve, and DDP is also run with as many steps as fit in ``T_eq``, its schedule complete, so DDP is not judged
@@ -135,8 +143,8 @@ def _num_params(quick: bool, runs_dir: Path) -> int:
     return int(probe["num_params"])
 
 
-def eval_curve(run_dir: Path) -> list[tuple[float, float]]:
-    """(worker 0's emulated wall seconds, global eval loss) at every evaluation; the last at the run's end."""
+def eval_points(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(step, worker 0's emulated wall seconds, global eval loss) at every evaluation; the last at the end."""
     walls: dict[int, float] = {0: 0.0}
     points: list[tuple[int, float]] = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -148,10 +156,17 @@ def eval_curve(run_dir: Path) -> list[tuple[float, float]]:
         elif record.get("kind") == "eval":
             points.append((int(record["step"]), float(record["eval_loss"])))
     summary = json.loads((run_dir / "summary.json").read_text())
-    curve = [(walls.get(step, 0.0), loss) for step, loss in points]
-    if curve:  # the final evaluation follows the final drain: place it at the run's end
-        curve[-1] = (max(curve[-1][0], float(summary["wall_s"])), curve[-1][1])
-    return curve
+    out = [(step, walls.get(step, 0.0), loss) for step, loss in points]
+    if out:  # the final evaluation follows the final drain: place it at the run's end
+        step, wall, loss = out[-1]
+        out[-1] = (step, max(wall, float(summary["wall_s"])), loss)
+    return out
+
+
+def retime(points: list[tuple[int, float, float]], factor: float) -> list[tuple[int, float, float]]:
+    """A blocking-only run's evaluation points on a link ``factor`` times slower (module docstring): the
+    modelled compute ``step x STEP_S`` stays, the communication time before each point scales."""
+    return [(step, step * STEP_S + factor * (wall - step * STEP_S), loss) for step, wall, loss in points]
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -191,18 +206,46 @@ class _Bench:
         steps = _steps(self.quick) if steps is None else steps
         row = run_cached(name, [*_base(self.quick, bps, steps), *extra], self.runs_dir, mode="threads")
         run_dir = self.runs_dir / name
-        row["curve"] = eval_curve(run_dir)
-        wall = float(row["wall_s"])
-        row["utilization_with_drain"] = float(row["compute_s"]) / max(wall, 1e-12)
+        row["points"] = eval_points(run_dir)
         row["final_drain_s"] = _drain_s(run_dir, row)
         row["bandwidth_bps"] = bps
-        return row
+        row["ratio"] = ratio
+        return _timed(row)
+
+    def method_row(self, method: str, ratio: float) -> dict[str, Any]:
+        """``method`` on the link of ``ratio``: run there, or retimed from the fastest link's run."""
+        reference = min(self.ratios)
+        if not is_blocking(method) or ratio == reference:
+            return self.run(f"{method}_{ratio:g}x", ratio, self.methods[method])
+        row = dict(self.method_row(method, reference))
+        factor = ratio / reference
+        comm = float(row["wall_s"]) - float(row["compute_s"])
+        row.update(
+            points=retime(row["points"], factor),
+            wall_s=float(row["compute_s"]) + factor * comm,
+            comm_wait_s=float(row["comm_wait_s"]) * factor,
+            bandwidth_bps=link_bandwidth_bps(self.num_params, ratio),
+            ratio=ratio,
+            retimed_from=f"{reference:g}x",
+        )
+        return _timed(row)
+
+
+def is_blocking(method: str) -> bool:
+    """True for the methods whose every collective blocks (module docstring: they are retimed)."""
+    return method in ("ddp", "sparseloco") or method.startswith("diloco_h")
+
+
+def _timed(row: dict[str, Any]) -> dict[str, Any]:
+    row["curve"] = [(wall, loss) for _, wall, loss in row["points"]]
+    row["utilization_with_drain"] = float(row["compute_s"]) / max(float(row["wall_s"]), 1e-12)
+    return row
 
 
 def _link_section(bench: _Bench, ratio: float) -> tuple[dict[str, Any], list[str]]:
     rows: dict[str, dict[str, Any]] = {}
-    for method, extra in bench.methods.items():
-        row = bench.run(f"{method}_{ratio:g}x", ratio, extra)
+    for method in bench.methods:
+        row = bench.method_row(method, ratio)
         row["method"] = method
         rows[method] = row
     t_eq = min(float(r["wall_s"]) for r in rows.values())
@@ -242,7 +285,10 @@ def _link_section(bench: _Bench, ratio: float) -> tuple[dict[str, Any], list[str
         "target": target,
         "target_from": short,
         "quick": bench.quick,
-        "rows": {name: {k: v for k, v in row.items() if k != "overrides"} for name, row in rows.items()},
+        "rows": {
+            name: {k: v for k, v in row.items() if k not in ("overrides", "points")}
+            for name, row in rows.items()
+        },
     }
     summary["pick"] = _pick(rows, t_eq)
     return summary, _link_text(summary, rows, ratio)
@@ -271,6 +317,7 @@ COLUMNS = [
     ("MB sent/worker", "mb_sent", ".3f"),
     ("bytes vs DDP", "bytes_vs_ddp", ".0f"),
     ("compute util (with drain)", "utilization_with_drain", ".1%"),
+    ("retimed from", "retimed_from", ""),
 ]
 
 
