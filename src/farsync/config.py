@@ -440,7 +440,15 @@ def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
     with tens of rounds, not thousands, momentum 0.9 builds up too slowly (issue 11's 30-round probe at
     H = 10: 0.7 / 0.5 ended at 2.393, 0.7 / 0.9 at 2.610). The best outer lr rising with M agrees with
     Charles et al. 2025 (arXiv 2503.09799). Below H = 30 the rule is an interpolation, not a measurement.
+
+    One worker (M = 1) gets outer lr 1 and no momentum: the outer step then lands exactly on the worker's
+    weights, so the run is plain training and cannot lose to it (pinned by
+    ``tests/algorithms/test_diloco_single_worker.py``). Measured in bench quality's regime (H = 30, 1,200
+    steps, inner lr 8e-3): 1.0 / 0 ended at 1.5886, the M >= 2 formula's 0.5 / 0.7 at 1.6349, 1.0 / 0.3 at
+    1.7511; with one worker there is no averaging to smooth and outer momentum only adds lag.
     """
+    if num_workers <= 1:
+        return 1.0, 0.0
     s = min(1.0, max(1, num_inner_steps) / 30)
     lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
     return round(lr, 2), round(0.7 * s, 2)

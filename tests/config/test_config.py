@@ -245,3 +245,14 @@ def test_run_config_validate_catches_cross_section_conflicts() -> None:
     # Execute / Assert
     with pytest.raises(ConfigError, match="data.kind"):
         config.validate()
+
+
+def test_outer_recipe_rule_values() -> None:
+    """The rule's recipes, by hand: one worker trains plainly; at H >= 30 momentum 0.7 and lr 0.5 sqrt(M)
+    capped at 1; halfway to plain averaging at H = 15."""
+    assert outer_recipe(1, 30) == (1.0, 0.0)
+    assert outer_recipe(1, 500) == (1.0, 0.0)
+    assert outer_recipe(2, 30) == (0.71, 0.7)
+    assert outer_recipe(4, 30) == (1.0, 0.7)
+    assert outer_recipe(8, 100) == (1.0, 0.7)
+    assert outer_recipe(2, 15) == (round(1.0 + (0.5 * 2**0.5 - 1.0) * 0.5, 2), 0.35)
