@@ -445,7 +445,8 @@ def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
     weights, so the run is plain training and cannot lose to it (pinned by
     ``tests/algorithms/test_diloco_single_worker.py``). Measured in bench quality's regime (H = 30, 1,200
     steps, inner lr 8e-3): 1.0 / 0 ended at 1.5886, the M >= 2 formula's 0.5 / 0.7 at 1.6349, 1.0 / 0.3 at
-    1.7511; with one worker there is no averaging to smooth and outer momentum only adds lag.
+    1.7511, 1.3 / 0 at 1.7593; with one worker there is no averaging to smooth, and outer momentum or
+    extrapolation only add lag or overshoot.
     """
     if num_workers <= 1:
         return 1.0, 0.0
