@@ -18,7 +18,7 @@ import torch
 
 from farsync.comm.communicator import Communicator
 
-__all__ = ["MeanReducer", "Reducer", "flatten", "unflatten"]
+__all__ = ["MeanReducer", "Reducer", "flatten", "unflatten", "replaces_outer_momentum"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, 
 
 class Reducer(ABC):
     """Averages named updates across the communicator's group. Blocking; algorithms overlap it in a thread."""
+
+    replaces_outer_momentum: bool = False
+    """True when the reducer keeps a per-worker error-feedback buffer that stands in for the outer momentum
+    (SparseLoCo): the outer recipe then defaults to plain SGD at lr 1 (``AlgorithmConfig.with_outer_recipe``)."""
 
     def __init__(self, comm: Communicator) -> None:
         self.comm = comm
@@ -75,3 +79,15 @@ class MeanReducer(Reducer):
         weight_sum = float(total[-1])
         mean = total[:-1] / weight_sum if weight_sum > 0 else torch.zeros_like(vector)
         return unflatten(mean, named)
+
+
+def replaces_outer_momentum(reducer: Reducer) -> bool:
+    """True when ``reducer``, or a reducer it wraps (``inner``), stands in for the outer momentum."""
+    seen: set[int] = set()
+    current: object = reducer
+    while isinstance(current, Reducer) and id(current) not in seen:
+        if current.replaces_outer_momentum:
+            return True
+        seen.add(id(current))
+        current = getattr(current, "inner", None)
+    return False
