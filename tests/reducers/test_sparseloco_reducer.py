@@ -14,7 +14,7 @@ import torch
 
 from farsync.algorithms.diloco import DiLoCo
 from farsync.comm.communicator import Communicator
-from farsync.config import AlgorithmConfig, CompressionConfig, ConfigError, load_config
+from farsync.config import AlgorithmConfig, CompressionConfig, ConfigError, PrivacyConfig, load_config
 from farsync.reducers.sparseloco import SparseLoCoReducer
 from farsync.sim.ranks import run_ranks
 from farsync.train.build import make_reducer
@@ -133,6 +133,21 @@ def test_the_outer_step_is_sgd_at_lr_one_without_momentum() -> None:
     # Assert: rule resolved to (1, 0); theta <- theta - 1 * sent, sent = (3, 0, 3, 0, -1, 0, 0, -1)
     assert (algo.config.outer_lr, algo.config.outer_momentum) == (1.0, 0.0)
     assert model.weight.tolist()[0] == pytest.approx([-3.0, 0, -3.0, 0, 1.0, 0, 0, 1.0])
+
+
+def test_the_rule_looks_through_a_privacy_wrapper() -> None:
+    # Prepare: central DP clipping and noise around the SparseLoCo reducer
+    comm = Communicator(None, 0, 1)
+    model = torch.nn.Linear(4, 1)
+    compression = CompressionConfig(kind="sparseloco")
+    reducer = make_reducer(comm, compression=compression, privacy=PrivacyConfig(mode="central"))
+    # Execute
+    algo = DiLoCo(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), comm, AlgorithmConfig(), reducer=reducer
+    )
+    # Assert
+    assert not isinstance(reducer, SparseLoCoReducer)
+    assert (algo.config.outer_lr, algo.config.outer_momentum) == (1.0, 0.0)
 
 
 def test_explicit_outer_settings_are_kept() -> None:

@@ -28,7 +28,8 @@ from torch import nn
 from farsync.algorithms.base import Algorithm
 from farsync.comm.communicator import Communicator
 from farsync.config import AlgorithmConfig
-from farsync.reducers.base import Reducer, replaces_outer_momentum
+from farsync.reducers.base import Reducer
+from farsync.reducers.budget import replaces_outer_momentum
 
 __all__ = ["DiLoCo", "OuterState"]
 

@@ -7,6 +7,6 @@ differentially private (:mod:`~farsync.reducers.private`). Wrappers compose; all
 through a :class:`~farsync.comm.Communicator` and the collectives built on it.
 """
 
-from farsync.reducers.base import MeanReducer, Reducer, flatten, replaces_outer_momentum, unflatten
+from farsync.reducers.base import MeanReducer, Reducer, flatten, unflatten
 
-__all__ = ["MeanReducer", "Reducer", "flatten", "replaces_outer_momentum", "unflatten"]
+__all__ = ["MeanReducer", "Reducer", "flatten", "unflatten"]

@@ -18,7 +18,7 @@ import torch
 
 from farsync.comm.communicator import Communicator
 
-__all__ = ["MeanReducer", "Reducer", "flatten", "unflatten", "replaces_outer_momentum"]
+__all__ = ["MeanReducer", "Reducer", "flatten", "unflatten"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +79,3 @@ class MeanReducer(Reducer):
         weight_sum = float(total[-1])
         mean = total[:-1] / weight_sum if weight_sum > 0 else torch.zeros_like(vector)
         return unflatten(mean, named)
-
-
-def replaces_outer_momentum(reducer: Reducer) -> bool:
-    """True when ``reducer``, or a reducer it wraps (``inner``), stands in for the outer momentum."""
-    seen: set[int] = set()
-    current: object = reducer
-    while isinstance(current, Reducer) and id(current) not in seen:
-        if current.replaces_outer_momentum:
-            return True
-        seen.add(id(current))
-        current = getattr(current, "inner", None)
-    return False
