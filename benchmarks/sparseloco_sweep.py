@@ -9,7 +9,9 @@ recipe (outer lr 1, Nesterov momentum 0.7). "bytes vs DDP" divides each run's su
 
     nice -n 5 python benchmarks/sparseloco_sweep.py [name ...]
 
-Writes ``benchmarks/results/sparseloco.json`` and prints a markdown table.
+Run names: ``sl`` SparseLoCo, ``sldct`` its DCT-chunk variant; ``d`` density in % (share of each 64 x 64
+tile kept), ``b`` the error-feedback decay beta, ``olr`` the outer lr alpha. Writes
+``benchmarks/results/sparseloco.json`` and ``sparseloco.md`` (a markdown table, also printed).
 """
 
 from __future__ import annotations
@@ -67,11 +69,16 @@ def main(argv: list[str]) -> None:
     previous.update({name: _summary(row) for name, row in rows.items()})
     out.write_text(json.dumps(previous, indent=2, sort_keys=True))
     base = previous.get("diloco", {}).get("final_eval_loss")
-    print("| run | eval loss | vs DiLoCo | MB sent/worker | bytes vs DDP |\n|---|---|---|---|---|")
+    lines = ["| run | eval loss | vs DiLoCo | MB sent/worker | bytes vs DDP |", "|---|---|---|---|---|"]
     for name, row in previous.items():
         loss, mb = row["final_eval_loss"], row["mb_sent_per_worker"]
         gap = f"{100 * (loss / base - 1):+.2f}%" if base else "-"
-        print(f"| {name} | {loss:.4f} | {gap} | {mb:.4f} | {row['ddp_mb_per_worker'] / mb:.0f} |")
+        lines.append(f"| {name} | {loss:.4f} | {gap} | {mb:.4f} | {row['ddp_mb_per_worker'] / mb:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    (out.parent / "sparseloco.md").write_text(
+        f"# SparseLoCo sweep ({__file__.rsplit('/', 1)[-1]})\n\n{table}\n"
+    )
 
 
 def _summary(row: dict) -> dict:
