@@ -415,10 +415,15 @@ class AlgorithmConfig:
             "must be in [0, 1]",
         )
 
-    def with_outer_recipe(self, num_workers: int) -> AlgorithmConfig:
+    def with_outer_recipe(
+        self, num_workers: int, *, error_feedback_momentum: bool = False
+    ) -> AlgorithmConfig:
         """This section with ``outer_lr`` / ``outer_momentum`` left to the rule replaced by
-        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``); explicit values are kept."""
-        lr, momentum = outer_recipe(num_workers, self.num_inner_steps)
+        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``, ``error_feedback_momentum``); explicit
+        values are kept."""
+        lr, momentum = outer_recipe(
+            num_workers, self.num_inner_steps, error_feedback_momentum=error_feedback_momentum
+        )
         return dataclasses.replace(
             self,
             outer_lr=self.outer_lr if self.outer_lr > 0 else lr,
@@ -426,8 +431,14 @@ class AlgorithmConfig:
         )
 
 
-def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
+def outer_recipe(
+    num_workers: int, num_inner_steps: int, *, error_feedback_momentum: bool = False
+) -> tuple[float, float]:
     """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps.
+
+    ``error_feedback_momentum`` (the reducer's decaying error-feedback buffer stands in for outer momentum:
+    ``compression.kind = "sparseloco"`` or ``"sparseloco_dct"``): ``(1.0, 0.0)``, SparseLoCo's outer step
+    (Sarfi et al. 2025, arXiv 2508.15706: plain SGD at lr 1, no outer momentum), whatever M and H.
 
     With ``s = min(1, H / 30)``: ``momentum = 0.7 s`` and ``lr = 1 + (min(1, 0.5 sqrt(M)) - 1) s``, i.e. at
     H >= 30 momentum 0.7 and lr 0.5 sqrt(M) capped at 1 (M = 2: 0.71, M >= 4: 1.0), moving linearly towards
@@ -448,14 +459,25 @@ def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
     1.7511, 1.3 / 0 at 1.7593; with one worker there is no averaging to smooth, and outer momentum or
     extrapolation only add lag or overshoot.
     """
-    if num_workers <= 1:
+    if num_workers <= 1 or error_feedback_momentum:
         return 1.0, 0.0
     s = min(1.0, max(1, num_inner_steps) / 30)
     lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
     return round(lr, 2), round(0.7 * s, 2)
 
 
-COMPRESSION_KINDS = ("none", "fp16", "bf16", "int8", "int4", "uint8_lookup", "topk", "lowrank")
+COMPRESSION_KINDS = (
+    "none",
+    "fp16",
+    "bf16",
+    "int8",
+    "int4",
+    "uint8_lookup",
+    "topk",
+    "lowrank",
+    "sparseloco",
+    "sparseloco_dct",
+)
 """The one list of compression kinds. ``farsync.compress.KINDS`` (what each kind puts on the wire) is kept
 equal to it by a test: the config and ``compress`` are independent leaves and cannot import each other."""
 
@@ -466,13 +488,21 @@ class CompressionConfig:
 
     kind: str = "none"
     """What goes on the wire, one of COMPRESSION_KINDS; the same bytes with or without robust aggregation:
-    none (fp32), fp16, bf16, int8, int4, uint8_lookup, topk, lowrank (P and Q factors at `bits`)."""
+    none (fp32), fp16, bf16, int8, int4, uint8_lookup, topk, lowrank (P and Q factors at `bits`),
+    sparseloco (SparseLoCo: chunked top-k of `topk_fraction` per chunk, 2-bit values, error feedback decayed
+    by `error_decay`, all-gathered; `bits` and `error_feedback` do not apply), sparseloco_dct (the same with
+    the top-k taken among each chunk's DCT-II coefficients, DeMo's chunk transform)."""
     bits: int = 8
     """Bit width for quantization (and for low-rank factors): 4, 8 or 16."""
     rank: int = 8
     """Low-rank: rank of the factors (upper bound when adaptive)."""
     topk_fraction: float = 0.01
-    """Top-k: fraction of entries kept."""
+    """Top-k: fraction of entries kept (sparseloco: of every chunk)."""
+    chunk_size: int = 64
+    """sparseloco: side of the square tiles a matrix is cut into for top-k (64: 4,096 values, the paper's);
+    1-D tensors in runs of at most this many values."""
+    error_decay: float = 0.95
+    """sparseloco: beta, the decay of the error-feedback buffer (e <- beta e + pseudo-gradient); paper 0.95."""
     energy_fraction: float = 0.9
     """Adaptive low-rank: share of the pseudo-gradient's energy the chosen rank keeps, in (0, 1]."""
     adaptive: bool = False
@@ -501,6 +531,8 @@ class CompressionConfig:
             "must be in (0, 1]",
         )
         _check(self.block_size >= 8, "compression.block_size", self.block_size, "must be >= 8")
+        _check(self.chunk_size >= 1, "compression.chunk_size", self.chunk_size, "must be >= 1")
+        _check(0 <= self.error_decay <= 1, "compression.error_decay", self.error_decay, "must be in [0, 1]")
 
 
 _RATE = {"parse": parse_bandwidth}
@@ -927,6 +959,14 @@ class RunConfig:
         self._validate_shards()
 
     def _validate_across_sections(self) -> None:
+        _check(
+            self.compression.kind not in ("sparseloco", "sparseloco_dct")
+            or not self.aggregation.needs_robust_reducer,
+            "compression.kind",
+            self.compression.kind,
+            "sends each worker's own sparse message; robust aggregation (aggregation.rule, max_norm, "
+            "outlier_ratio) needs a dense kind (none, fp16, bf16, int8, int4, uint8_lookup, topk, lowrank)",
+        )
         if self.model.kind in ("gpt", "hf"):
             _check(
                 self.data.kind in ("text", "local"),

@@ -7,7 +7,9 @@ One stack, used by every collective that compresses:
 * :mod:`~farsync.compress.lowrank`: PowerSGD's factors and the one low-rank message layout;
 * :mod:`~farsync.compress.residuals`: the one error-feedback residual store;
 * :mod:`~farsync.compress.adaptive`: the one planner of rank and factor width (DiLoCoX);
-* :mod:`~farsync.compress.kinds`: the compression kinds and the codec each puts on the wire.
+* :mod:`~farsync.compress.kinds`: the compression kinds and the codec each puts on the wire;
+* :mod:`~farsync.compress.sparseloco` and :mod:`~farsync.compress.chunking`: SparseLoCo's per-tensor message
+  (chunked top-k, optionally of DCT-II coefficients, 2-bit values, packed offsets).
 
 The numeric kernels (blockwise quantization, the INTELLECT-1 lookup table, top-k counts) are exported
 alongside.
@@ -21,6 +23,7 @@ from farsync.compress.adaptive import (
     max_energy_rank,
     plan_compression,
 )
+from farsync.compress.chunking import ChunkLayout, chunk_layout, dct_basis
 from farsync.compress.codecs import (
     CODEC_KINDS,
     Bf16Codec,
@@ -35,7 +38,7 @@ from farsync.compress.codecs import (
     make_codec,
 )
 from farsync.compress.intellect import uint8_lookup_decode, uint8_lookup_encode
-from farsync.compress.kinds import KINDS, wire_codec
+from farsync.compress.kinds import KINDS, SPARSE_KINDS, sparse_codec, wire_codec
 from farsync.compress.lowrank import (
     FACTOR_BITS,
     LowRankCodec,
@@ -56,24 +59,30 @@ from farsync.compress.quantize import (
     unpack_int4,
 )
 from farsync.compress.residuals import Residuals
+from farsync.compress.sparseloco import SparseLoCoCodec, quantize_statistical
 from farsync.compress.topk import topk_count
 
 __all__ = [
     "CODEC_KINDS",
     "FACTOR_BITS",
     "KINDS",
+    "SPARSE_KINDS",
     "Bf16Codec",
+    "ChunkLayout",
     "BlockwiseCodec",
     "CompressionPlan",
     "Fp32Codec",
     "LowRankCodec",
     "Residuals",
     "ScaledHalfCodec",
+    "SparseLoCoCodec",
     "TopKCodec",
     "Uint8LookupCodec",
     "WarmStart",
     "WireCodec",
     "as_bytes",
+    "chunk_layout",
+    "dct_basis",
     "dequantize_blockwise",
     "effective_rank",
     "energy_rank",
@@ -91,7 +100,9 @@ __all__ = [
     "pack_int4",
     "plan_compression",
     "quantize_blockwise",
+    "quantize_statistical",
     "quantized_num_bytes",
+    "sparse_codec",
     "topk_count",
     "uint8_lookup_decode",
     "uint8_lookup_encode",
