@@ -39,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "config_to_toml",
     "load_config",
+    "OVERLAP_RULES",
     "outer_recipe",
     "format_bandwidth",
     "format_duration",
@@ -345,6 +346,8 @@ class TrainConfig:
 
 
 ALGORITHMS = ("ddp", "diloco", "fedavg", "dilocox", "streaming", "gossip")
+OVERLAP_RULES = ("naive", "eager", "delayed", "lookahead")
+"""The values of ``algorithm.overlap`` (kept equal to the field's Literal by a test)."""
 
 
 @dataclass(kw_only=True)
@@ -370,8 +373,10 @@ class AlgorithmConfig:
     """Inner steps per warm-up round."""
     delay: int = 0
     """0: synchronous outer step; 1: the all-reduce overlaps the next round (one-step delay)."""
-    overlap: Literal["delayed", "eager"] = "delayed"
-    """With delay = 1: DiLoCoX's delayed update or the eager update of Kale et al. 2025."""
+    overlap: Literal["naive", "eager", "delayed", "lookahead"] = "delayed"
+    """With delay = 1, where a worker starts the next round while the average is on the wire (one of
+    OVERLAP_RULES; farsync.algorithms.overlap): naive and eager are Kale et al. 2025's Algorithms 2 and 3
+    (arXiv 2502.12996), delayed (after DiLoCoX) and lookahead are farsync's own rules."""
     num_fragments: int = 4
     """Streaming DiLoCo: number of parameter fragments P."""
     streaming_tau: int = 5
