@@ -24,7 +24,7 @@ from farsync.bench.common import markdown_table
 __all__ = [
     "OVERLAP_BATCHES",
     "OVERLAP_RECIPES",
-    "SYNC_RECIPE",
+    "best_recipes",
     "overlap_jobs",
     "overlap_targets",
     "overlap_text",
@@ -32,8 +32,6 @@ __all__ = [
 
 Job = tuple[str, list[str], dict[str, Any]]
 
-SYNC_RECIPE = (1.0, 0.7)
-"""Synchronous DiLoCo's recipe at M = 4, H = 30 (bench quality's best and the rule's)."""
 OVERLAP_RECIPES: dict[str, list[tuple[float, float]]] = {
     "naive": [(1.0, 0.7), (0.5, 0.7), (0.5, 0.5)],
     "eager": [(1.0, 0.7), (0.7, 0.7), (1.0, 0.5)],
@@ -44,14 +42,19 @@ OVERLAP_RECIPES: dict[str, list[tuple[float, float]]] = {
 OVERLAP_BATCHES: dict[int, tuple[int, int]] = {16: (600, 15), 32: (300, 10)}
 """Sequences per worker step -> (steps, H) at the same 2.46M tokens: 40 rounds at 16, 30 at 32 (H = 7.5
 would keep 40 but is not a whole number of steps)."""
+RULE_ORDER = ("sync", "naive", "eager", "delayed", "lookahead")
 BATCH_RULES = ("eager", "delayed")
 """The rules run at every batch of :data:`OVERLAP_BATCHES` (at their best recipe at 8 sequences)."""
 
 
-def _name(rule: str, lr: float, momentum: float, batch: int) -> str:
+def _name(rule: str, lr: float, momentum: float, batch: int, h: int) -> str:
     suffix = "" if batch == 8 else f"_b{batch}"
-    if rule == "sync":
-        return "diloco_m4_h30_olr1_mom0.7" if batch == 8 else f"diloco_m4_olr{lr:g}_mom{momentum:g}{suffix}"
+    if rule == "sync":  # at 8 sequences, the name bench quality's recipe grid gives the same run
+        return (
+            f"diloco_m4_h{h}_olr{lr:g}_mom{momentum:g}"
+            if batch == 8
+            else f"diloco_m4_olr{lr:g}_mom{momentum:g}{suffix}"
+        )
     return f"overlap_{rule}_olr{lr:g}_mom{momentum:g}{suffix}"
 
 
@@ -70,28 +73,41 @@ def _batch(batch: int) -> list[str]:
     ]
 
 
-def _job(rule: str, lr: float, momentum: float, batch: int, base: list[str], diloco: list[str]) -> Job:
-    overlap = [] if rule == "sync" else ["algorithm.delay=1", f"algorithm.overlap={rule}"]
-    meta = {"rule": rule, "outer_lr": lr, "outer_momentum": momentum, "batch": batch}
-    return _name(rule, lr, momentum, batch), [*base, *diloco, *overlap, *_batch(batch)], meta
-
-
 def overlap_jobs(
-    base: list[str], diloco: Callable[[float, float], list[str]], best: dict[str, tuple[float, float]]
+    base: list[str],
+    diloco: Callable[[float, float], list[str]],
+    best: dict[str, tuple[float, float]],
+    *,
+    recipe: tuple[float, float],
+    h: int,
+    quick: bool = False,
+    batches: bool = False,
 ) -> list[Job]:
-    """(name, overrides, meta) of every run of the section.
+    """(name, overrides, meta) of the section's runs: the recipe sweep, or with ``batches`` the batch sweep.
 
     ``base``: bench quality's M = 4 base overrides with the inner lr; ``diloco(lr, momentum)``: its DiLoCo
-    overrides at H = 30; ``best``: rule -> its best recipe at 8 sequences (known once those rows ran).
+    overrides at its H (``h``); ``recipe``: synchronous DiLoCo's (lr, momentum); ``best``: rule -> its best
+    recipe at 8 sequences (:func:`best_recipes` of the sweep's rows). ``quick``: naive and eager at
+    ``recipe`` only.
     """
-    jobs = [_job("sync", *SYNC_RECIPE, 8, base, diloco(*SYNC_RECIPE))]
-    for rule, pairs in OVERLAP_RECIPES.items():
-        jobs += [_job(rule, lr, momentum, 8, base, diloco(lr, momentum)) for lr, momentum in pairs]
+
+    def job(rule: str, lr: float, momentum: float, batch: int) -> Job:
+        overlap = [] if rule == "sync" else ["algorithm.delay=1", f"algorithm.overlap={rule}"]
+        meta = {"rule": rule, "outer_lr": lr, "outer_momentum": momentum, "batch": batch}
+        overrides = [*base, *diloco(lr, momentum), *overlap, *_batch(batch)]
+        return _name(rule, lr, momentum, batch, h), overrides, meta
+
+    if quick:
+        return [] if batches else [job(rule, *recipe, 8) for rule in ("sync", "naive", "eager")]
+    if not batches:
+        sweep = [
+            job(rule, lr, momentum, 8) for rule, pairs in OVERLAP_RECIPES.items() for lr, momentum in pairs
+        ]
+        return [job("sync", *recipe, 8), *sweep]
+    jobs = []
     for batch in OVERLAP_BATCHES:
-        jobs.append(_job("sync", *SYNC_RECIPE, batch, base, diloco(*SYNC_RECIPE)))
-        for rule in BATCH_RULES:
-            if rule in best:
-                jobs.append(_job(rule, *best[rule], batch, base, diloco(*best[rule])))
+        jobs.append(job("sync", *recipe, batch))
+        jobs += [job(rule, *best[rule], batch) for rule in BATCH_RULES if rule in best]
     return jobs
 
 
@@ -153,20 +169,34 @@ def overlap_text(rows: list[dict[str, Any]]) -> str:
     """The section's markdown: the recipe sweep at 8 sequences, then the batch sweep."""
     _compare(rows)
     sweep = sorted(
-        (r for r in rows if r["batch"] == 8), key=lambda r: (r["rule"], -r["outer_lr"], -r["outer_momentum"])
+        (r for r in rows if r["batch"] == 8),
+        key=lambda r: (RULE_ORDER.index(r["rule"]), -r["outer_lr"], -r["outer_momentum"]),
     )
+    best = best_recipes(rows)
+    chosen = [
+        r for r in rows if r["batch"] == 8 and best.get(r["rule"]) == (r["outer_lr"], r["outer_momentum"])
+    ]
     batches = sorted(
-        (r for r in rows if r["batch"] != 8 or r["rule"] in ("sync", *BATCH_RULES)),
-        key=lambda r: (r["batch"], r["rule"]),
+        (r for r in [*chosen, *(r for r in rows if r["batch"] != 8)] if r["rule"] in ("sync", *BATCH_RULES)),
+        key=lambda r: (r["batch"], RULE_ORDER.index(r["rule"])),
     )
-    return "\n".join(
-        [
-            "## Overlap rules, M = 4 (each rule's outer recipe tuned on its own)",
-            "",
-            markdown_table(sweep, COLUMNS),
+    lines = [
+        "## Overlap rules, M = 4 (each rule's outer recipe tuned on its own)",
+        "",
+        "8 sequences per worker step, H = 30, 40 rounds; `vs synchronous`: against synchronous DiLoCo at "
+        "the same batch. `naive` and `eager` are Kale et al. 2025's Algorithms 2 and 3 (arXiv 2502.12996); "
+        "`delayed` and `lookahead` are farsync's (`farsync.algorithms.overlap`).",
+        "",
+        markdown_table(sweep, COLUMNS),
+    ]
+    if len({r["batch"] for r in batches}) > 1:
+        lines += [
             "",
             "### Eager against delayed as the worker's batch grows (same tokens)",
             "",
+            "Each rule at its best recipe above; 16 sequences: 600 steps, H = 15 (40 rounds); 32 sequences: "
+            "300 steps, H = 10 (30 rounds).",
+            "",
             markdown_table(batches, COLUMNS),
         ]
-    )
+    return "\n".join(lines)
