@@ -39,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "config_to_toml",
     "load_config",
+    "OVERLAP_RECIPE_SCALE",
     "OVERLAP_RULES",
     "outer_recipe",
     "format_bandwidth",
@@ -422,8 +423,10 @@ class AlgorithmConfig:
 
     def with_outer_recipe(self, num_workers: int) -> AlgorithmConfig:
         """This section with ``outer_lr`` / ``outer_momentum`` left to the rule replaced by
-        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``); explicit values are kept."""
-        lr, momentum = outer_recipe(num_workers, self.num_inner_steps)
+        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``, and the overlap rule when the outer step is
+        overlapped: ``delay = 1`` or DiLoCoX); explicit values are kept."""
+        overlapped = self.delay == 1 or self.name == "dilocox"
+        lr, momentum = outer_recipe(num_workers, self.num_inner_steps, self.overlap if overlapped else None)
         return dataclasses.replace(
             self,
             outer_lr=self.outer_lr if self.outer_lr > 0 else lr,
@@ -431,8 +434,20 @@ class AlgorithmConfig:
         )
 
 
-def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
-    """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps.
+OVERLAP_RECIPE_SCALE: dict[str, tuple[float, float]] = {
+    "naive": (0.5, 0.5 / 0.7),
+    "eager": (0.5, 0.5 / 0.7),
+    "delayed": (1.0, 1.0),
+    "lookahead": (1.0, 1.0),
+}
+"""Overlap rule -> (factor on the synchronous rule's outer lr, factor on its momentum) in :func:`outer_recipe`.
+
+OVERLAP_SCALE_DOC"""
+
+
+def outer_recipe(num_workers: int, num_inner_steps: int, overlap: str | None = None) -> tuple[float, float]:
+    """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps, and for a
+    one-round overlap rule (``overlap``, one of OVERLAP_RULES; None: the synchronous outer step).
 
     With ``s = min(1, H / 30)``: ``momentum = 0.7 s`` and ``lr = 1 + (min(1, 0.5 sqrt(M)) - 1) s``, i.e. at
     H >= 30 momentum 0.7 and lr 0.5 sqrt(M) capped at 1 (M = 2: 0.71, M >= 4: 1.0), moving linearly towards
@@ -445,10 +460,17 @@ def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
     with tens of rounds, not thousands, momentum 0.9 builds up too slowly (issue 11's 30-round probe at
     H = 10: 0.7 / 0.5 ended at 2.393, 0.7 / 0.9 at 2.610). The best outer lr rising with M agrees with
     Charles et al. 2025 (arXiv 2503.09799). Below H = 30 the rule is an interpolation, not a measurement.
+
+    An overlapped outer step applies each average one round late, and a late step with a large outer lr and
+    momentum overshoots: the synchronous recipe is scaled by :data:`OVERLAP_RECIPE_SCALE` for the rule.
     """
     s = min(1.0, max(1, num_inner_steps) / 30)
     lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
-    return round(lr, 2), round(0.7 * s, 2)
+    momentum = 0.7 * s
+    if overlap is not None:
+        lr_scale, momentum_scale = OVERLAP_RECIPE_SCALE[overlap]
+        lr, momentum = lr * lr_scale, momentum * momentum_scale
+    return round(lr, 2), round(momentum, 2)
 
 
 COMPRESSION_KINDS = ("none", "fp16", "bf16", "int8", "int4", "uint8_lookup", "topk", "lowrank")

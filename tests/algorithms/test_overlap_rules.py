@@ -29,7 +29,7 @@ from torch import nn
 
 from farsync.algorithms.overlap import OverlappedDiLoCo
 from farsync.comm.communicator import Communicator
-from farsync.config import OVERLAP_RULES, AlgorithmConfig
+from farsync.config import OVERLAP_RECIPE_SCALE, OVERLAP_RULES, AlgorithmConfig, outer_recipe
 from farsync.sim.ranks import run_ranks
 
 MOVES = {0: [1.0, 2.0, 4.0], 1: [3.0, 0.0, -2.0]}
@@ -40,6 +40,8 @@ EXPECTED_STARTS = {
 }
 """Worker -> its weight at the start of rounds 2, 3 and 4 (module docstring)."""
 EXPECTED_FINAL = -3.5
+MEASURED_BEST = {"naive": (0.5, 0.5), "eager": (0.5, 0.5), "delayed": (1.0, 0.7), "lookahead": (1.0, 0.7)}
+"""(outer lr, momentum) of each rule's best run in bench quality's overlap sweep (M = 4, H = 30)."""
 
 
 def _run(rule: str, rank: int, world: int, group: Any) -> dict[str, Any]:
@@ -72,3 +74,28 @@ def test_overlap_rule_matches_the_numbers_worked_out_by_hand(rule: str) -> None:
 
 def test_overlap_rules_are_the_config_literal() -> None:
     assert get_args(get_type_hints(AlgorithmConfig)["overlap"]) == OVERLAP_RULES
+
+
+@pytest.mark.parametrize("rule", OVERLAP_RULES)
+def test_an_overlapped_run_left_to_the_rule_gets_its_rules_recipe(rule: str) -> None:
+    # Prepare: outer lr / momentum left to the rule (0 / -1, the config's defaults), M = 1, H = 30
+    model = nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    config = AlgorithmConfig(num_inner_steps=30, delay=1, overlap=rule)  # type: ignore[arg-type]
+    # Execute
+    algorithm = OverlappedDiLoCo(model, optimizer, Communicator(None, 0, 1), config)
+    # Assert: the overlap rule's recipe, which is the synchronous one scaled by OVERLAP_RECIPE_SCALE
+    lr_scale, momentum_scale = OVERLAP_RECIPE_SCALE[rule]
+    synchronous = outer_recipe(1, 30)
+    assert (algorithm.config.outer_lr, algorithm.config.outer_momentum) == outer_recipe(1, 30, rule)
+    assert outer_recipe(1, 30, rule) == (
+        round(synchronous[0] * lr_scale, 2),
+        round(synchronous[1] * momentum_scale, 2),
+    )
+    algorithm.background.close()
+
+
+def test_the_overlap_recipes_at_bench_qualitys_cell() -> None:
+    # M = 4, H = 30: the synchronous rule's 1.0 / 0.7, and each overlap rule's best of bench quality's sweep
+    assert outer_recipe(4, 30) == (1.0, 0.7)
+    assert {rule: outer_recipe(4, 30, rule) for rule in OVERLAP_RULES} == MEASURED_BEST

@@ -33,10 +33,10 @@ __all__ = [
 Job = tuple[str, list[str], dict[str, Any]]
 
 OVERLAP_RECIPES: dict[str, list[tuple[float, float]]] = {
-    "naive": [(1.0, 0.7), (0.5, 0.7), (0.5, 0.5)],
-    "eager": [(1.0, 0.7), (0.7, 0.7), (1.0, 0.5)],
-    "delayed": [(1.0, 0.7), (0.7, 0.7)],
-    "lookahead": [(1.0, 0.7), (0.7, 0.7)],
+    "naive": [(1.0, 0.7), (0.5, 0.7), (0.5, 0.5), (0.7, 0.3)],
+    "eager": [(1.0, 0.7), (0.5, 0.5), (0.7, 0.3), (0.85, 0.3)],
+    "delayed": [(1.0, 0.7), (0.7, 0.3)],
+    "lookahead": [(1.0, 0.7), (0.7, 0.3)],
 }
 """Rule -> (outer lr, Nesterov momentum) pairs swept at 8 sequences per worker step, H = 30."""
 OVERLAP_BATCHES: dict[int, tuple[int, int]] = {16: (600, 15), 32: (300, 10)}
