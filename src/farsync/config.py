@@ -39,6 +39,8 @@ __all__ = [
     "TrainConfig",
     "config_to_toml",
     "load_config",
+    "OVERLAP_RECIPE_SCALE",
+    "OVERLAP_RULES",
     "outer_recipe",
     "format_bandwidth",
     "format_duration",
@@ -345,6 +347,8 @@ class TrainConfig:
 
 
 ALGORITHMS = ("ddp", "diloco", "fedavg", "dilocox", "streaming", "gossip")
+OVERLAP_RULES = ("naive", "eager", "delayed", "lookahead")
+"""The values of ``algorithm.overlap`` (kept equal to the field's Literal by a test)."""
 
 
 @dataclass(kw_only=True)
@@ -370,8 +374,10 @@ class AlgorithmConfig:
     """Inner steps per warm-up round."""
     delay: int = 0
     """0: synchronous outer step; 1: the all-reduce overlaps the next round (one-step delay)."""
-    overlap: Literal["delayed", "eager"] = "delayed"
-    """With delay = 1: DiLoCoX's delayed update or the eager update of Kale et al. 2025."""
+    overlap: Literal["naive", "eager", "delayed", "lookahead"] = "delayed"
+    """With delay = 1, where a worker starts the next round while the average is on the wire (one of
+    OVERLAP_RULES; farsync.algorithms.overlap): naive and eager are Kale et al. 2025's Algorithms 2 and 3
+    (arXiv 2502.12996), delayed (after DiLoCoX) and lookahead are farsync's own rules."""
     num_fragments: int = 4
     """Streaming DiLoCo: number of parameter fragments P."""
     streaming_tau: int = 5
@@ -419,10 +425,14 @@ class AlgorithmConfig:
         self, num_workers: int, *, error_feedback_momentum: bool = False
     ) -> AlgorithmConfig:
         """This section with ``outer_lr`` / ``outer_momentum`` left to the rule replaced by
-        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``, ``error_feedback_momentum``); explicit
-        values are kept."""
+        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``, the overlap rule when the outer step is
+        overlapped: ``delay = 1`` or DiLoCoX, and ``error_feedback_momentum``); explicit values are kept."""
+        overlapped = self.delay == 1 or self.name == "dilocox"
         lr, momentum = outer_recipe(
-            num_workers, self.num_inner_steps, error_feedback_momentum=error_feedback_momentum
+            num_workers,
+            self.num_inner_steps,
+            self.overlap if overlapped else None,
+            error_feedback_momentum=error_feedback_momentum,
         )
         return dataclasses.replace(
             self,
@@ -431,10 +441,26 @@ class AlgorithmConfig:
         )
 
 
+OVERLAP_RECIPE_SCALE: dict[str, tuple[float, float]] = {
+    "naive": (0.5, 0.5 / 0.7),
+    "eager": (0.5, 0.5 / 0.7),
+    "delayed": (1.0, 1.0),
+    "lookahead": (1.0, 1.0),
+}
+"""Overlap rule -> (factor on the synchronous rule's outer lr, factor on its momentum) in :func:`outer_recipe`.
+
+OVERLAP_SCALE_DOC"""
+
+
 def outer_recipe(
-    num_workers: int, num_inner_steps: int, *, error_feedback_momentum: bool = False
+    num_workers: int,
+    num_inner_steps: int,
+    overlap: str | None = None,
+    *,
+    error_feedback_momentum: bool = False,
 ) -> tuple[float, float]:
-    """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps.
+    """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps, and for a
+    one-round overlap rule (``overlap``, one of OVERLAP_RULES; None: the synchronous outer step).
 
     ``error_feedback_momentum`` (the reducer's decaying error-feedback buffer stands in for outer momentum:
     ``compression.kind = "sparseloco"`` or ``"sparseloco_dct"``): ``(1.0, 0.0)``, SparseLoCo's outer step
@@ -458,12 +484,19 @@ def outer_recipe(
     steps, inner lr 8e-3): 1.0 / 0 ended at 1.5886, the M >= 2 formula's 0.5 / 0.7 at 1.6349, 1.0 / 0.3 at
     1.7511, 1.3 / 0 at 1.7593; with one worker there is no averaging to smooth, and outer momentum or
     extrapolation only add lag or overshoot.
+
+    An overlapped outer step applies each average one round late, and a late step with a large outer lr and
+    momentum overshoots: the synchronous recipe is scaled by :data:`OVERLAP_RECIPE_SCALE` for the rule.
     """
     if num_workers <= 1 or error_feedback_momentum:
         return 1.0, 0.0
     s = min(1.0, max(1, num_inner_steps) / 30)
     lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
-    return round(lr, 2), round(0.7 * s, 2)
+    momentum = 0.7 * s
+    if overlap is not None:
+        lr_scale, momentum_scale = OVERLAP_RECIPE_SCALE[overlap]
+        lr, momentum = lr * lr_scale, momentum * momentum_scale
+    return round(lr, 2), round(momentum, 2)
 
 
 COMPRESSION_KINDS = (

@@ -61,17 +61,22 @@ def reference(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Local weights of each worker after ``num_rounds`` rounds and the final global weights after finish.
 
-    Both variants step the consensus theta <- OuterSGD(theta, avg^{t-1}) one round late, then restart:
-    delayed: x_i <- theta + (x_i - a_i);
-    eager:   x_i <- OuterSGD(theta, E_i) peeked, not taken, with E_i = A + beta_i (D_i^t - A), A the last
-             average to arrive, beta_i = drift / (drift + noise) from running means (newest sample weighted
-             1/2) of |avg^t - avg^{t-1}|^2 and |D_i^t - avg^t|^2 (beta = 1, E_i = D_i before any average).
+    Every rule steps the consensus theta <- OuterSGD(theta, avg^{t-1}) one round late, then restarts:
+    naive:     x_i <- theta (Kale et al. 2025, Algorithm 2);
+    eager:     x_i <- theta_i <- OuterSGD_i(theta_i, D_i^t / M + avg^{t-1} - D_i^{t-1} / M), each worker with
+               its own outer momentum (Kale et al. 2025, Algorithm 3);
+    delayed:   x_i <- theta + (x_i - a_i);
+    lookahead: x_i <- OuterSGD(theta, E_i) peeked, not taken, with E_i = A + beta_i (D_i^t - A), A the last
+               average to arrive, beta_i = drift / (drift + noise) from running means (newest sample weighted
+               1/2) of |avg^t - avg^{t-1}|^2 and |D_i^t - avg^t|^2 (beta = 1, E_i = D_i before any average).
     ``same_data``: every worker draws rank 0's samples.
     """
     w0 = make_model().weight.detach().clone()
     x = [w0.clone() for _ in range(world)]
     anchor = [w0.clone() for _ in range(world)]
     consensus = HandOuterSGD(w0)
+    own_outer = [HandOuterSGD(w0) for _ in range(world)]
+    previous_own: list[torch.Tensor | None] = [None] * world
     previous_avg: torch.Tensor | None = None
     last_avg: torch.Tensor | None = None
     sent: list[torch.Tensor | None] = [None] * world
@@ -93,7 +98,17 @@ def reference(
             last_avg = previous_avg
             consensus.step(previous_avg)
         for i in range(world):
-            if variant == "delayed":
+            if variant == "naive":
+                x[i] = consensus.w.clone()
+            elif variant == "eager":
+                gradient = own[i] / world
+                if previous_avg is not None:
+                    before = previous_own[i]
+                    gradient = gradient + previous_avg - (before / world if before is not None else 0.0)
+                own_outer[i].step(gradient)
+                previous_own[i] = own[i]
+                x[i] = own_outer[i].w.clone()
+            elif variant == "delayed":
                 x[i] = consensus.w + (x[i] - anchor[i])
             else:
                 estimate = own[i]

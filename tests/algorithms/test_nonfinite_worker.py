@@ -61,6 +61,8 @@ def _run(cls: type[DiLoCo], overlap: str, rank: int, world: int, group: Any) -> 
     [
         (OverlappedDiLoCo, "delayed"),
         (OverlappedDiLoCo, "eager"),
+        (OverlappedDiLoCo, "naive"),
+        (OverlappedDiLoCo, "lookahead"),
         (DiLoCoX, "delayed"),
         (StreamingDiLoCo, "delayed"),
     ],
