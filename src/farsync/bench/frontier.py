@@ -64,8 +64,10 @@ DDP_LR = 8e-3
 """DDP's best of 2e-3..1.6e-2 in ``bench quality``; the inner learning rate of every method here."""
 
 
-def _recipe(m: int, h: int) -> list[str]:
-    lr, momentum = outer_recipe(m, h)
+def _recipe(m: int, h: int, lr: float | None = None, momentum: float | None = None) -> list[str]:
+    """DiLoCo at H = ``h`` with the given outer recipe (default: the synchronous rule's for M and H)."""
+    if lr is None or momentum is None:
+        lr, momentum = outer_recipe(m, h)
     return [
         "algorithm.name=diloco",
         f"algorithm.num_inner_steps={h}",
@@ -97,8 +99,9 @@ def methods(quick: bool) -> dict[str, list[str]]:
         "compression.topk_fraction=0.015625",
         "compression.error_decay=0.95",
     ]
-    named["eager"] = [*short, "algorithm.delay=1", "algorithm.overlap=eager"]
-    named["naive"] = [*short, "algorithm.delay=1", "algorithm.overlap=naive"]
+    # The overlap rules at their own tuned recipes (bench quality's overlap section, M = 4, H = 30).
+    named["eager"] = [*_recipe(M, h_short, 0.7, 0.3), "algorithm.delay=1", "algorithm.overlap=eager"]
+    named["naive"] = [*_recipe(M, h_short, 0.5, 0.5), "algorithm.delay=1", "algorithm.overlap=naive"]
     asked = [m for m in os.environ.get("FARSYNC_FRONTIER_METHODS", "").split(",") if m]
     return {name: o for name, o in named.items() if not asked or name in asked or name == "ddp"}
 
