@@ -194,6 +194,11 @@ class OverlappedDiLoCo(DiLoCo):
         if previous is not None:
             self._observe(previous)
             self.outer.step(previous)
+        # --- hook (DiLoCoX's planner): a round may run synchronously, with no delay ---
+        if self.round_is_synchronous(pseudo, weight):
+            self._synchronous_round(pseudo, weight)
+            return
+        # --- end of hook ---
         self._set_budget()
         self.pending = self.background.submit(functools.partial(self.reducer, pseudo, weight))
         if self.variant == "eager":
@@ -205,6 +210,23 @@ class OverlappedDiLoCo(DiLoCo):
             start = {name: self.outer.params[name] - pseudo[name] for name in pseudo}
         self._restart_from(start)
 
+    # --- hook (DiLoCoX's planner): a round run synchronously ---
+    def round_is_synchronous(self, pseudo: Named, weight: float) -> bool:
+        """Whether this round's all-reduce runs now and its outer step is applied at once (no delay).
+
+        Called at every round end after the previous round's average was applied, before this round's
+        all-reduce starts. Never here; :class:`~farsync.algorithms.dilocox.DiLoCoX` asks its planner.
+        """
+        return False
+
+    def _synchronous_round(self, pseudo: Named, weight: float) -> None:
+        """The round as synchronous DiLoCo runs it: reduce, step ``theta``, restart every worker from it."""
+        averaged = self.reducer(pseudo, weight)
+        self._observe(averaged)
+        self.outer.step(averaged)
+        self._restart_from(self.outer.params)
+
+    # --- end of hook ---
     def _estimate(self, own: Named) -> Named:
         """The stand-in for the average on the wire: ``A + beta (own - A)``, ``A`` the last average.
 

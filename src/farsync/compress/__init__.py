@@ -6,7 +6,7 @@ One stack, used by every collective that compresses:
   ``uint8`` message of exactly :meth:`~WireCodec.num_bytes` bytes and back), and a codec per value format;
 * :mod:`~farsync.compress.lowrank`: PowerSGD's factors and the one low-rank message layout;
 * :mod:`~farsync.compress.residuals`: the one error-feedback residual store;
-* :mod:`~farsync.compress.adaptive`: the one planner of rank and factor width (DiLoCoX);
+* :mod:`~farsync.compress.adaptive`: the one link-aware planner of a round's mode, compression and H (DiLoCoX);
 * :mod:`~farsync.compress.kinds`: the compression kinds and the codec each puts on the wire.
 
 The numeric kernels (blockwise quantization, the INTELLECT-1 lookup table, top-k counts) are exported
@@ -14,12 +14,12 @@ alongside.
 """
 
 from farsync.compress.adaptive import (
-    CompressionPlan,
+    PlanInputs,
+    PlannerPolicy,
+    RoundPlan,
     energy_rank,
-    estimate_lowrank_bytes,
-    fit_rank_and_bits,
-    max_energy_rank,
-    plan_compression,
+    energy_ranks,
+    plan_round,
 )
 from farsync.compress.codecs import (
     CODEC_KINDS,
@@ -50,9 +50,11 @@ from farsync.compress.lowrank import (
 )
 from farsync.compress.quantize import (
     dequantize_blockwise,
+    pack_int2,
     pack_int4,
     quantize_blockwise,
     quantized_num_bytes,
+    unpack_int2,
     unpack_int4,
 )
 from farsync.compress.residuals import Residuals
@@ -64,10 +66,12 @@ __all__ = [
     "KINDS",
     "Bf16Codec",
     "BlockwiseCodec",
-    "CompressionPlan",
     "Fp32Codec",
     "LowRankCodec",
+    "PlanInputs",
+    "PlannerPolicy",
     "Residuals",
+    "RoundPlan",
     "ScaledHalfCodec",
     "TopKCodec",
     "Uint8LookupCodec",
@@ -77,24 +81,24 @@ __all__ = [
     "dequantize_blockwise",
     "effective_rank",
     "energy_rank",
-    "estimate_lowrank_bytes",
+    "energy_ranks",
     "factor_codec",
-    "fit_rank_and_bits",
     "from_bytes",
     "initial_q",
     "lowrank_message_bytes",
     "lowrank_sizes",
     "make_codec",
     "matrix_view",
-    "max_energy_rank",
     "orthogonalize",
+    "pack_int2",
     "pack_int4",
-    "plan_compression",
+    "plan_round",
     "quantize_blockwise",
     "quantized_num_bytes",
     "topk_count",
     "uint8_lookup_decode",
     "uint8_lookup_encode",
+    "unpack_int2",
     "unpack_int4",
     "wire_codec",
 ]
