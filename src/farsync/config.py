@@ -474,14 +474,14 @@ class CompressionConfig:
     block_size: int = 64
     """Block size for blockwise absmax quantization."""
     sync_fraction: float = 0.05
-    """Adaptive: a round whose uncompressed all-reduce takes at most this share of its compute runs
-    synchronously and uncompressed, in [0, 1)."""
+    """Adaptive: a round runs synchronously (no delay) when its fp32, else a dense quantized (>= min_bits),
+    all-reduce takes at most this share of its compute, in [0, 1)."""
     min_bits: int = 4
     """Adaptive: quality floor, the narrowest width the planner may send: 2, 4, 8, 16 or 32."""
     min_rank_fraction: float = 0.125
     """Adaptive: quality floor, the smallest low-rank rank as a share of min(rows, cols), in (0, 1]."""
     min_compression_ratio: float = 1.0
-    """Adaptive: an overlapped round sends at most 1/this of the fp32 bytes (1 = only what the link needs)."""
+    """Adaptive: a round sends at most 1/this of the fp32 bytes (1 = only what the link needs)."""
     adapt_inner_steps: bool = False
     """Adaptive: when the floor's message does not hide behind H steps, grow the next round's H until it does."""
     num_inner_steps_max: int = 0

@@ -142,3 +142,11 @@ def test_agreed_inputs_give_every_worker_the_same_plan() -> None:
 def test_rank_fraction_summary() -> None:
     plan = plan_round(_inputs(1e5), PlannerPolicy())
     assert plan.rank_fraction_stats(SHAPES) == (8 / 64, 8 / 64)
+
+
+def test_a_dense_message_under_the_sync_fraction_runs_synchronously() -> None:
+    # 2e7 B/s, 0.5 ms allowed (5% of 10 ms): fp32 1.25 ms and fp16 0.65 ms exceed it, int8 0.34 ms does not.
+    plan = plan_round(_inputs(2e7), PlannerPolicy())
+    assert (plan.mode, plan.kind, plan.bits) == ("sync", "dense", 8)
+    # Below the floor it would not: with min_bits 16 the round overlaps instead, with fp16 (0.65 ms fits).
+    assert (plan_round(_inputs(2e7), PlannerPolicy(min_bits=16)).mode) == "overlap"

@@ -1,6 +1,9 @@
 """Low-rank all-reduce exactness (one rank, or one per matrix), error-feedback residuals and their
 checkpointing, and the link-aware reducer executing each kind of plan."""
 
+import logging
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -144,3 +147,30 @@ def test_the_reducer_executes_the_plan_its_link_calls_for(
     if tolerance is not None:
         assert all(torch.allclose(out[n], exact[n], atol=tolerance) for n in out)
     assert metrics["comm_measured_s"] > 0  # type: ignore[operator]
+
+
+class _FakeComm:
+    """Four workers on a fake link; the agreement all-gather returns this worker's values for everyone."""
+
+    def __init__(self, bandwidth_bps: float) -> None:
+        self.rank, self.world_size, self.channel = 0, 4, "sync"
+        self.link = LinkModel(bandwidth_bps=bandwidth_bps)
+        self.ledger = SimpleNamespace(bytes_sent=lambda channel=None: 0)
+        self.clock = SimpleNamespace(now=lambda: 0.0)
+
+    def all_gather(self, tensor: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(wait=lambda: [tensor.clone() for _ in range(self.world_size)])
+
+
+def test_the_quality_floor_is_sent_counted_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: 8 kbit/s, a 10 ms window: no allowed message fits.
+    compression = CompressionConfig(kind="lowrank", adaptive=True, error_feedback=True, energy_fraction=1.0)
+    reducer = AdaptiveLowRankReducer(_FakeComm(8e3), compression, num_inner_steps=10)  # type: ignore[arg-type]
+    reducer.step_s = 0.001
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="farsync.reducers.adaptive_lowrank"):
+        plans = [reducer.plan(_update(0)) for _ in range(3)]
+    # Assert: the floor (4 bits, rank 1/8 of 64 = 8) three times, one warning.
+    assert all((p.kind, p.bits, p.ranks, p.fits) == ("lowrank", 4, (8, 0), False) for p in plans)
+    assert reducer.floor_rounds == 3
+    assert sum("quality floor" in r.getMessage() for r in caplog.records) == 1
