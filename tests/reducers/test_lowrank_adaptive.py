@@ -134,7 +134,8 @@ def _reduce_on_link(bandwidth_bps: float) -> list[tuple[dict[str, torch.Tensor],
 def test_the_reducer_executes_the_plan_its_link_calls_for(
     bandwidth_bps: float, kind: str, bits: int, tolerance: float | None
 ) -> None:
-    # 2 workers, 4,160 values; a ring of S bytes takes 2 (n-1) S / (n b) = S / b; the window is 10 ms.
+    # 2 workers, 4,160 values; a ring of S bytes takes 2 (n-1) S / (n b) = S / b; the window is 10 ms, of
+    # which an overlapped message may fill 9.
     # 1 GB/s: fp32 (16,644 B) 17 us, under 5% of the window: sync, uncompressed. 500 kB/s: fp32 33 ms and
     # fp16 (8,712 B) 17 ms do not fit, int8 (4,488 B) 9 ms does. 100 kB/s: int4 (2,376 B) 24 ms does not;
     # the largest low-rank message that fits is rank 8 at 4 bits (836 B, 8.4 ms).
