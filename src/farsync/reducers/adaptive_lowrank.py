@@ -6,9 +6,14 @@ collectives; the rules it follows (sync on a fast link, the least compression th
 H growth) are the planner's, described in :mod:`farsync.compress.adaptive`. Each round it
 
 1. **agrees** with the other workers on the planner's inputs, so every worker derives the same plan and runs
-   the same collective: one all-gather of (link rate, latency, inner-step time), taking the slowest link,
-   the largest latency and the longest step; then, only when the round is not synchronous, a second
-   all-gather of each matrix's energy rank of the error-corrected pseudo-gradient (the largest wins);
+   the same collective: one all-gather of (link rate, latency, inner-step time, each matrix's energy rank),
+   taking the slowest link, the largest latency, the longest step and the largest ranks. The agreement
+   rides at the end of each reduce (in the background thread for an overlapped round), so it is one round
+   old when the next round is planned and the training loop never waits at a barrier for it (a blocking
+   agreement at every round end cost ~3% of compute in waits for the slowest worker in bench quality's
+   regime); only the first round agrees before its reduce. Energy ranks (an SVD per matrix) are
+   computed only when ``energy_fraction < 1`` and the round just reduced was overlapped, of its
+   error-corrected pseudo-gradient (a plan without them caps no matrix by energy);
 2. **plans** with :func:`~farsync.compress.adaptive.plan_round`;
 3. **executes** the plan: ``none`` (fp32 values) through the fp32 reducer it replaced (``inner``: one
    all-reduce, the sums synchronous DiLoCo makes), ``dense`` (blockwise 16/8/4/2-bit values) through the
@@ -57,6 +62,8 @@ __all__ = ["AdaptiveLowRankReducer", "planner_policy"]
 logger = logging.getLogger(__name__)
 
 _RATE_WINDOW = 8
+_Agreed = tuple[float | None, float, float | None, tuple[int, ...] | None]
+"""(link rate, latency, step time, energy ranks) every worker holds after an agreement."""
 _RING_CODECS = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
 _DEFAULT_INNER_STEPS = 30
 
@@ -126,6 +133,8 @@ class AdaptiveLowRankReducer(LowRankReducer):
         self.floor_rounds = 0
         self.last_comm_s: float | None = None
         self.num_reduces = 0
+        self.agreed: _Agreed | None = None
+        """The next plan's inputs, agreed at the end of the last reduce."""
 
     # ------------------------------------------------------------------------------------------ plan
     def _step_s(self) -> float | None:
@@ -136,52 +145,61 @@ class AdaptiveLowRankReducer(LowRankReducer):
         return None
 
     def plan(self, named: dict[str, torch.Tensor]) -> RoundPlan:
-        """Agrees on the inputs and plans the next reduce of ``named`` (kept for :meth:`reduce`). Collective:
-        every worker calls it at the same point."""
-        link = self.comm.link
-        rate = link.bytes_per_s if link is not None else self.measured_bytes_per_s
-        latency = link.latency_s if link is not None else 0.0
-        rate, latency, step = self._agree_link(rate, latency, self._step_s())
+        """Plans the next reduce of ``named`` (kept for :meth:`reduce`); the same plan on every worker.
+
+        From the inputs agreed at the end of the last reduce (no collective here), or, before the first
+        reduce, from an agreement made now (a collective: every worker calls it at the same point).
+        """
+        agreed = self.agreed
+        if agreed is None:
+            agreed = self._agree(self._local_inputs(named, with_ranks=self._wants_ranks()))
         inputs = PlanInputs(
             shapes=tuple(tuple(t.shape) for t in named.values()),
             energy_ranks=None,
-            bytes_per_s=rate,
-            latency_s=latency,
+            bytes_per_s=agreed[0],
+            latency_s=agreed[1],
             num_workers=self.comm.world_size,
-            step_s=step,
+            step_s=agreed[2],
             num_inner_steps=self.num_inner_steps,
         )
         plan = plan_round(inputs, self.policy)
-        if plan.mode == "overlap" and self.compression.energy_fraction < 1.0:
-            residuals = self.engine.residuals
-            corrected = residuals.corrected(named) if residuals is not None else named
-            mine = energy_ranks(list(corrected.values()), self.compression.energy_fraction)
-            plan = plan_round(dataclasses.replace(inputs, energy_ranks=self._agree_ranks(mine)), self.policy)
+        ranks = agreed[3]
+        if plan.mode == "overlap" and ranks is not None and len(ranks) == len(inputs.shapes):
+            plan = plan_round(dataclasses.replace(inputs, energy_ranks=ranks), self.policy)
         if not plan.fits:
             self._warn_floor(plan)
         self.next_plan = plan
         return plan
 
-    def _agree_link(
-        self, rate: float | None, latency: float, step: float | None
-    ) -> tuple[float | None, float, float | None]:
-        """Slowest rate, largest latency, longest step over the group (-1 stands for "not known")."""
-        if self.comm.world_size == 1:
-            return rate, latency, step
-        mine = torch.tensor(
-            [-1.0 if rate is None else rate, latency, -1.0 if step is None else step], dtype=torch.float64
-        )
-        everyone = torch.stack(self.comm.all_gather(mine).wait())
-        rates, steps = everyone[:, 0], everyone[:, 2]
-        agreed_rate = None if bool((rates < 0).any()) else float(rates.min())
-        agreed_step = None if bool((steps < 0).any()) else float(steps.max())
-        return agreed_rate, float(everyone[:, 1].max()), agreed_step
+    def _wants_ranks(self) -> bool:
+        return self.compression.energy_fraction < 1.0
 
-    def _agree_ranks(self, mine: tuple[int, ...]) -> tuple[int, ...]:
-        if self.comm.world_size == 1 or not mine:
-            return mine
-        everyone = torch.stack(self.comm.all_gather(torch.tensor(mine, dtype=torch.float64)).wait())
-        return tuple(int(r) for r in everyone.max(dim=0).values)
+    def _local_inputs(self, named: dict[str, torch.Tensor], *, with_ranks: bool) -> list[float]:
+        """This worker's (rate, latency, step time, energy ranks...) with -1 for "not known"."""
+        link = self.comm.link
+        rate = link.bytes_per_s if link is not None else self.measured_bytes_per_s
+        latency = link.latency_s if link is not None else 0.0
+        step = self._step_s()
+        values = [-1.0 if rate is None else rate, latency, -1.0 if step is None else step]
+        if with_ranks:
+            residuals = self.engine.residuals
+            corrected = residuals.corrected(named) if residuals is not None else named
+            values += [
+                float(r) for r in energy_ranks(list(corrected.values()), self.compression.energy_fraction)
+            ]
+        return values
+
+    def _agree(self, mine: list[float]) -> _Agreed:
+        """Slowest rate, largest latency, longest step, largest energy ranks over the group (fp64)."""
+        if self.comm.world_size == 1:
+            everyone = torch.tensor([mine], dtype=torch.float64)
+        else:
+            everyone = torch.stack(self.comm.all_gather(torch.tensor(mine, dtype=torch.float64)).wait())
+        rates, steps = everyone[:, 0], everyone[:, 2]
+        rate = None if bool((rates < 0).any()) else float(rates.min())
+        step = None if bool((steps < 0).any()) else float(steps.max())
+        ranks = tuple(int(r) for r in everyone[:, 3:].max(dim=0).values) if everyone.shape[1] > 3 else None
+        return rate, float(everyone[:, 1].max()), step, ranks
 
     def _warn_floor(self, plan: RoundPlan) -> None:
         """Once per run: the quality floor binds and the sync takes longer than its window."""
@@ -220,6 +238,12 @@ class AdaptiveLowRankReducer(LowRankReducer):
         self._observe_rate(self.comm.ledger.bytes_sent(self.comm.channel) - sent_before, elapsed)
         self.last_plan, self.last_comm_s = plan, elapsed
         self.num_reduces += 1
+        # The next round's inputs are agreed here, in whatever thread runs this reduce (the background one
+        # for an overlapped round), so planning the next round needs no barrier in the training loop.
+        # Energy ranks only after an overlapped round (the same choice on every worker: the plan is agreed);
+        # a synchronous round's next plan is most likely synchronous too, and needs none.
+        with_ranks = self._wants_ranks() and plan.mode == "overlap"
+        self.agreed = self._agree(self._local_inputs(named, with_ranks=with_ranks))
         self._end(**self._plan_metrics(plan, [t.shape for t in named.values()], elapsed))
         return out
 
