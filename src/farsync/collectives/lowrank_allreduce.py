@@ -26,8 +26,10 @@ Error feedback (optional, per worker, saved in ``state_dict``): the residual is 
 lost to the projection, ``M_i - P P^T M_i`` (its own share of ``P Q'^T``), as in PowerSGD. Quantization of
 the factors on the wire is not fed back.
 
-Changing the rank between rounds (the adaptive reducer does) keeps the first columns of the stored Q and
-fills new columns from :func:`~farsync.compress.initial_q` (:class:`~farsync.compress.WarmStart`).
+Ranks: one for every matrix, or one per matrix name (the link-aware planner gives each matrix a rank
+relative to its own size); each matrix uses ``min(its rank, rows, cols)``. Changing a rank between rounds
+(the planner does) keeps the first columns of the stored Q and fills new columns from
+:func:`~farsync.compress.initial_q` (:class:`~farsync.compress.WarmStart`).
 """
 
 from __future__ import annotations
