@@ -539,11 +539,25 @@ class CompressionConfig:
     energy_fraction: float = 0.9
     """Adaptive low-rank: share of the pseudo-gradient's energy the chosen rank keeps, in (0, 1]."""
     adaptive: bool = False
-    """Choose rank and bits each round from the pseudo-gradient and the link speed (DiLoCoX)."""
+    """Plan every round from the link (DiLoCoX): sync or overlap, fp32, dense or low-rank values at 32..2 bits,
+    and H (farsync.compress.adaptive); `rank` and `bits` are then unused."""
     error_feedback: bool = False
     """Carry the compression error into the next round (per worker residual)."""
     block_size: int = 64
     """Block size for blockwise absmax quantization."""
+    sync_fraction: float = 0.05
+    """Adaptive: a round runs synchronously (no delay) when its fp32, else a dense quantized (>= min_bits),
+    all-reduce takes at most this share of its compute, in [0, 1)."""
+    min_bits: int = 4
+    """Adaptive: quality floor, the narrowest width the planner may send: 2, 4, 8, 16 or 32."""
+    min_rank_fraction: float = 0.125
+    """Adaptive: quality floor, the smallest low-rank rank as a share of min(rows, cols), in (0, 1]."""
+    min_compression_ratio: float = 1.0
+    """Adaptive: a round sends at most 1/this of the fp32 bytes (1 = only what the link needs)."""
+    adapt_inner_steps: bool = False
+    """Adaptive: when the floor's message does not hide behind H steps, grow the next round's H until it does."""
+    num_inner_steps_max: int = 0
+    """Adaptive with adapt_inner_steps: the largest H (0 = 4 x algorithm.num_inner_steps)."""
 
     def validate(self) -> None:
         _check(
@@ -566,6 +580,33 @@ class CompressionConfig:
         _check(self.block_size >= 8, "compression.block_size", self.block_size, "must be >= 8")
         _check(self.chunk_size >= 1, "compression.chunk_size", self.chunk_size, "must be >= 1")
         _check(0 <= self.error_decay <= 1, "compression.error_decay", self.error_decay, "must be in [0, 1]")
+        _check(
+            0 <= self.sync_fraction < 1, "compression.sync_fraction", self.sync_fraction, "must be in [0, 1)"
+        )
+        _check(
+            self.min_bits in (2, 4, 8, 16, 32),
+            "compression.min_bits",
+            self.min_bits,
+            "allowed: 2, 4, 8, 16, 32",
+        )
+        _check(
+            0 < self.min_rank_fraction <= 1,
+            "compression.min_rank_fraction",
+            self.min_rank_fraction,
+            "must be in (0, 1]",
+        )
+        _check(
+            self.min_compression_ratio >= 1,
+            "compression.min_compression_ratio",
+            self.min_compression_ratio,
+            "must be >= 1",
+        )
+        _check(
+            self.num_inner_steps_max >= 0,
+            "compression.num_inner_steps_max",
+            self.num_inner_steps_max,
+            "must be >= 0 (0 = 4 x algorithm.num_inner_steps)",
+        )
 
 
 _RATE = {"parse": parse_bandwidth}

@@ -64,7 +64,7 @@ def test_value_kinds_ignore_bits() -> None:
     ("kwargs", "message"),
     [
         ({"kind": "gzip"}, r"kind='gzip' is unknown; allowed: none, fp16"),
-        ({"kind": "lowrank", "bits": 2}, r"bits=2 .*allowed: \(32, 16, 8, 4\)"),
+        ({"kind": "lowrank", "bits": 3}, r"bits=3 .*allowed: \(32, 16, 8, 4, 2\)"),
         ({"kind": "topk", "topk_fraction": 1.5}, r"fraction=1.5"),
         ({"kind": "int8", "block_size": 0}, r"block_size=0"),
     ],

@@ -197,6 +197,11 @@ class OverlappedDiLoCo(DiLoCo):
         previous = self._take_previous()
         if previous is not None:
             self._apply(previous)
+        # --- hook (DiLoCoX's planner): a round may run synchronously, with no delay ---
+        if self.round_is_synchronous(pseudo, weight):
+            self._synchronous_round(pseudo, weight)
+            return
+        # --- end of hook ---
         self._set_budget()
         self.pending = self.background.submit(functools.partial(self.reducer, pseudo, weight))
         self._restart_from(self._start(pseudo, weight, previous))
@@ -210,6 +215,27 @@ class OverlappedDiLoCo(DiLoCo):
         if self.variant == "delayed":  # a left-out worker's pseudo-gradient is zeros: it restarts from theta
             return {name: self.outer.params[name] - pseudo[name] for name in pseudo}
         return self.outer.params  # naive
+
+    # --- hook (DiLoCoX's planner): a round run synchronously ---
+    def round_is_synchronous(self, pseudo: Named, weight: float) -> bool:
+        """Whether this round's all-reduce runs now and its outer step is applied at once (no delay).
+
+        Called at every round end after the previous round's average was applied, before this round's
+        all-reduce starts. Never here; :class:`~farsync.algorithms.dilocox.DiLoCoX` asks its planner.
+        """
+        return False
+
+    def _synchronous_round(self, pseudo: Named, weight: float) -> None:
+        """The round as synchronous DiLoCo runs it: reduce, step ``theta``, restart every worker from it
+        (the eager rule's own trajectory restarts as a copy of ``theta``: every share has been taken)."""
+        averaged = self.reducer(pseudo, weight)
+        self._apply(averaged)
+        if self.eager is not None:
+            self.eager.outer = copy.deepcopy(self.outer)
+            self.eager.previous_share = None
+        self._restart_from(self.outer.params)
+
+    # --- end of hook ---
 
     def _apply(self, average: Named) -> None:
         """``theta <- OuterOpt(theta, average)`` (and the lookahead rule's statistics)."""

@@ -130,17 +130,29 @@ def dilocox(
     block_size: int = _COMPRESSION.block_size,
     adaptive: bool = True,
     error_feedback: bool = True,
+    sync_fraction: float = _COMPRESSION.sync_fraction,
+    min_bits: int = _COMPRESSION.min_bits,
+    min_rank_fraction: float = _COMPRESSION.min_rank_fraction,
+    min_compression_ratio: float = _COMPRESSION.min_compression_ratio,
+    adapt_inner_steps: bool = False,
+    num_inner_steps_max: int = _COMPRESSION.num_inner_steps_max,
     reducer: Reducer | None = None,
 ) -> DiLoCoX:
     """The DiLoCoX preset (Qi et al. 2025, arXiv 2506.21263), not yet attached.
 
-    One-step-delay overlap (``overlap``: any rule of :mod:`farsync.algorithms.overlap`; ``"delayed"``, farsync's
-    rule after the paper's description, by default) over a low-rank
-    reducer: with ``adaptive`` the rank (at most ``rank``) keeps ``energy_fraction`` of the pseudo-gradient's
-    energy and rank and bits are chosen each round to fit the next round's compute time on the measured link;
-    without it the factors have rank ``rank`` at ``bits`` bits. ``error_feedback`` carries what compression
-    lost into the next round. A ``reducer`` other than the plain fp32 mean (robust, private, ...) is used as
-    given instead of the compressed one.
+    Qi et al.'s: the one-step-delay overlap (``overlap``: any rule of :mod:`farsync.algorithms.overlap`;
+    ``"delayed"``, farsync's rule after the paper's description, by default), low-rank plus quantized
+    pseudo-gradients with error feedback, and adapting the compression and H so a round's communication
+    hides behind the next round's compute. farsync's (with ``adaptive``, the default): every round is
+    planned from the link (:mod:`farsync.compress.adaptive`): synchronous and uncompressed where the
+    all-reduce is a small share of the round (``sync_fraction``; also with dense quantized values that
+    cheap), otherwise overlapped with the least compression that fits the next round's compute (fp32, dense
+    16/8/4/2 bits, low-rank at rank fractions of each matrix), never below the floor (``min_bits``,
+    ``min_rank_fraction``); at the floor ``adapt_inner_steps`` grows H up to ``num_inner_steps_max``;
+    ``min_compression_ratio`` forces at least that much compression. Without ``adaptive`` the factors have
+    rank ``rank`` at ``bits`` bits every round (always overlapped); ``rank`` and ``bits`` are unused with
+    it. ``error_feedback`` carries what compression lost into the next round. A ``reducer`` other than the
+    plain fp32 mean (robust, private, ...) is used as given instead (every round then overlaps).
 
     Raises:
         ConfigError: an option out of range, named with what is allowed.
@@ -169,6 +181,12 @@ def dilocox(
         bits=bits,
         energy_fraction=energy_fraction,
         block_size=block_size,
+        sync_fraction=sync_fraction,
+        min_bits=min_bits,
+        min_rank_fraction=min_rank_fraction,
+        min_compression_ratio=min_compression_ratio,
+        adapt_inner_steps=adapt_inner_steps,
+        num_inner_steps_max=num_inner_steps_max,
     )
     compression.validate()
     return DiLoCoX(model, optimizer, comm, config, reducer=reducer, compression=compression)

@@ -6,7 +6,7 @@ One stack, used by every collective that compresses:
   ``uint8`` message of exactly :meth:`~WireCodec.num_bytes` bytes and back), and a codec per value format;
 * :mod:`~farsync.compress.lowrank`: PowerSGD's factors and the one low-rank message layout;
 * :mod:`~farsync.compress.residuals`: the one error-feedback residual store;
-* :mod:`~farsync.compress.adaptive`: the one planner of rank and factor width (DiLoCoX);
+* :mod:`~farsync.compress.adaptive`: the one link-aware planner of a round's mode, compression and H (DiLoCoX);
 * :mod:`~farsync.compress.kinds`: the compression kinds and the codec each puts on the wire;
 * :mod:`~farsync.compress.sparseloco` and :mod:`~farsync.compress.chunking`: SparseLoCo's per-tensor message
   (chunked top-k, optionally of DCT-II coefficients, 2-bit values, packed offsets).
@@ -16,12 +16,12 @@ alongside.
 """
 
 from farsync.compress.adaptive import (
-    CompressionPlan,
+    PlanInputs,
+    PlannerPolicy,
+    RoundPlan,
     energy_rank,
-    estimate_lowrank_bytes,
-    fit_rank_and_bits,
-    max_energy_rank,
-    plan_compression,
+    energy_ranks,
+    plan_round,
 )
 from farsync.compress.chunking import ChunkLayout, chunk_layout, dct_basis
 from farsync.compress.codecs import (
@@ -53,9 +53,11 @@ from farsync.compress.lowrank import (
 )
 from farsync.compress.quantize import (
     dequantize_blockwise,
+    pack_int2,
     pack_int4,
     quantize_blockwise,
     quantized_num_bytes,
+    unpack_int2,
     unpack_int4,
 )
 from farsync.compress.residuals import Residuals
@@ -70,10 +72,12 @@ __all__ = [
     "Bf16Codec",
     "ChunkLayout",
     "BlockwiseCodec",
-    "CompressionPlan",
     "Fp32Codec",
     "LowRankCodec",
+    "PlanInputs",
+    "PlannerPolicy",
     "Residuals",
+    "RoundPlan",
     "ScaledHalfCodec",
     "SparseLoCoCodec",
     "TopKCodec",
@@ -86,19 +90,18 @@ __all__ = [
     "dequantize_blockwise",
     "effective_rank",
     "energy_rank",
-    "estimate_lowrank_bytes",
+    "energy_ranks",
     "factor_codec",
-    "fit_rank_and_bits",
     "from_bytes",
     "initial_q",
     "lowrank_message_bytes",
     "lowrank_sizes",
     "make_codec",
     "matrix_view",
-    "max_energy_rank",
     "orthogonalize",
+    "pack_int2",
     "pack_int4",
-    "plan_compression",
+    "plan_round",
     "quantize_blockwise",
     "quantize_statistical",
     "quantized_num_bytes",
@@ -106,6 +109,7 @@ __all__ = [
     "topk_count",
     "uint8_lookup_decode",
     "uint8_lookup_encode",
+    "unpack_int2",
     "unpack_int4",
     "wire_codec",
 ]
