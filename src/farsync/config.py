@@ -347,7 +347,7 @@ class TrainConfig:
 
 
 ALGORITHMS = ("ddp", "diloco", "fedavg", "dilocox", "streaming", "gossip")
-OVERLAP_RULES = ("naive", "eager", "delayed", "lookahead")
+OVERLAP_RULES = ("naive", "eager", "delayed")
 """The values of ``algorithm.overlap`` (kept equal to the field's Literal by a test)."""
 
 
@@ -374,10 +374,10 @@ class AlgorithmConfig:
     """Inner steps per warm-up round."""
     delay: int = 0
     """0: synchronous outer step; 1: the all-reduce overlaps the next round (one-step delay)."""
-    overlap: Literal["naive", "eager", "delayed", "lookahead"] = "delayed"
+    overlap: Literal["naive", "eager", "delayed"] = "delayed"
     """With delay = 1, where a worker starts the next round while the average is on the wire (one of
     OVERLAP_RULES; farsync.algorithms.overlap): naive and eager are Kale et al. 2025's Algorithms 2 and 3
-    (arXiv 2502.12996), delayed (after DiLoCoX) and lookahead are farsync's own rules."""
+    (arXiv 2502.12996), delayed is farsync's own rule after DiLoCoX's description."""
     num_fragments: int = 4
     """Streaming DiLoCo: number of parameter fragments P."""
     streaming_tau: int = 5
@@ -443,13 +443,19 @@ class AlgorithmConfig:
 
 OVERLAP_RECIPE_SCALE: dict[str, tuple[float, float]] = {
     "naive": (0.5, 0.5 / 0.7),
-    "eager": (0.5, 0.5 / 0.7),
+    "eager": (0.7, 0.3 / 0.7),
     "delayed": (1.0, 1.0),
-    "lookahead": (1.0, 1.0),
 }
 """Overlap rule -> (factor on the synchronous rule's outer lr, factor on its momentum) in :func:`outer_recipe`.
 
-OVERLAP_SCALE_DOC"""
+Each rule's best (lr, momentum) in ``farsync bench quality``'s overlap sweep at M = 4, H = 30, where the
+synchronous rule gives 1.0 / 0.7 (``benchmarks/results/quality.md``, overlap section): naive 0.5 / 0.5 (of
+1.0 / 0.7, 0.5 / 0.7, 0.5 / 0.5, 0.7 / 0.3), eager 0.7 / 0.3 (of 1.0 / 0.7, 0.85 / 0.3, 0.7 / 0.3,
+0.5 / 0.5), delayed 1.0 / 0.7 (of 1.0 / 0.7, 0.7 / 0.3).
+The published rules step with pseudo-gradients measured one outer step behind, and at the synchronous
+recipe they oscillate (naive and eager at 1.0 / 0.7 end at 5.67 and 3.08 against 2.02 synchronous);
+lowering the momentum steadies them more than lowering the lr alone (the paper's lever: naive 0.5 / 0.7
+ends at 2.95). Measured at one cell only; other M and H get the same factors."""
 
 
 def outer_recipe(

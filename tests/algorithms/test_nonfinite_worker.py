@@ -62,7 +62,6 @@ def _run(cls: type[DiLoCo], overlap: str, rank: int, world: int, group: Any) -> 
         (OverlappedDiLoCo, "delayed"),
         (OverlappedDiLoCo, "eager"),
         (OverlappedDiLoCo, "naive"),
-        (OverlappedDiLoCo, "lookahead"),
         (DiLoCoX, "delayed"),
         (StreamingDiLoCo, "delayed"),
     ],

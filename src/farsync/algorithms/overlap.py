@@ -1,7 +1,7 @@
 """DiLoCo with a one-round overlap: the outer all-reduce of round t runs while round t+1 computes.
 
-Four rules, chosen with ``algorithm.overlap`` when ``algorithm.delay = 1``: two published ones (``naive``,
-``eager``) and two of farsync's own (``delayed``, ``lookahead``). Every rule keeps one *consensus*
+Three rules, chosen with ``algorithm.overlap`` when ``algorithm.delay = 1``: two published ones (``naive``,
+``eager``) and one of farsync's own (``delayed``). Every rule keeps one *consensus*
 ``theta`` (fp32, bitwise identical on every worker) stepped by the outer optimizer ``OuterOpt`` (SGD with
 Nesterov momentum) with every round's average exactly once and in order, one round late; ``theta`` is what
 the run evaluates, checkpoints and ends with. The rules differ in where a worker starts the next round while
@@ -37,21 +37,35 @@ DiLoCo", arXiv 2502.12996, Algorithm 2, "delayed outer gradients"):
 ``delayed`` (farsync's rule after DiLoCoX, Qi et al. 2025, arXiv 2506.21263):
     ``a_i^{t+1} = theta + (x_i - a_i^t)``: the previous round's average is applied and the worker's own raw
     progress made while it was in flight is kept on top. One round later that progress leaves the start
-    point and enters ``theta`` inside ``Delta^t``, so nothing is counted twice. DiLoCoX states its overlap in
-    words ("the local model continues training while the previous round's pseudo-gradient is communicated");
-    this bookkeeping, measuring the progress from the round's start point, is farsync's. It differs from
+    point and enters ``theta`` inside ``Delta^t``, so nothing is counted twice. DiLoCoX describes its overlap
+    in words (local training goes on while the previous round's pseudo-gradient is communicated); this
+    bookkeeping, measuring the progress from the round's start point, is farsync's. It differs from
     ``naive`` by keeping the local progress, and from ``eager`` by keeping it raw (weight 1, no outer step),
     with no per-worker outer state.
 
-``lookahead`` (farsync's, :mod:`farsync.algorithms.overlap_lookahead`):
-    ``a_i^{t+1} = OuterOpt(theta, E_i^t)`` taken on a copy of ``theta`` and its momentum, with ``E_i^t`` the
-    worker's fresh pseudo-gradient shrunk towards the last average by the measured drift / (drift + noise):
-    the point synchronous DiLoCo would start from had every worker sent ``E_i^t``. Unlike ``eager`` the whole
-    estimate goes through the consensus' own Nesterov step (the look-ahead), and nothing is added later: the
-    copy is thrown away when the real average arrives. With identical workers it is synchronous DiLoCo,
-    round for round.
+Removed: ``lookahead``, farsync's earlier "eager" (restart from ``OuterOpt(theta, E_i)`` on a copy of the
+consensus, ``E_i`` the own pseudo-gradient shrunk towards the last average). In the sweep below it ended at
+2.168 at its best recipe (0.7 / 0.3; 2.482 at 1.0 / 0.7), behind the published eager at the same recipe
+(2.128), so it did not earn a name of its own (it is in this file's history, commit 74c67cf).
 
-Measured (``farsync bench quality``, overlap section, ``benchmarks/results/quality.md``): RESULTS.
+Measured (``farsync bench quality``, overlap section, ``benchmarks/results/quality.md``; 137k-parameter GPT,
+M = 4, H = 30, 40 rounds, 8 sequences per worker step; synchronous DiLoCo 2.016): each rule wants its own
+outer recipe (:data:`farsync.config.OVERLAP_RECIPE_SCALE`, used when the recipe is left to the rule). At
+the synchronous 1.0 / 0.7 the published rules oscillate (naive ends at 5.67, eager at 3.08): a pseudo-
+gradient measured one outer step behind, applied with a large lr and momentum, repeats in stiff
+directions the correction the previous step already made. The paper's lever, a lower lr alone, is not
+enough here (naive 0.5 / 0.7: 2.95); a lower momentum is (naive 0.5 / 0.5: 2.397, +18.9%; eager 0.7 / 0.3:
+2.128, +5.6%). ``delayed`` needs no retuning (1.0 / 0.7: 2.277, +12.9%; 0.7 / 0.3 is worse), because its
+worker restarts where its own round ended. So at this size eager (tuned) is the best overlap rule,
+ahead of delayed and naive; in the paper's regime (35M to 1B parameters, large batches) eager is within
++0.4% to +2.3% of synchronous (its Table 6).
+
+Eager against delayed as each worker's batch grows (same tokens; 16 sequences: H = 15, 32: H = 10): eager
+is ahead at every batch measured, by 0.149 (8 sequences), 0.165 (16) and 0.123 (32) in eval loss; its gap
+to synchronous DiLoCo goes +5.6%, -1.3%, +1.6%, delayed's +12.9%, +5.9%, +6.5%. Delayed is ahead of eager
+only when neither is retuned (at the synchronous 1.0 / 0.7: 2.277 against 3.077). Prefer ``eager`` with
+its recipe (left to the rule, or 0.7 / 0.3 at M = 4, H = 30); ``delayed`` where the outer recipe cannot be
+retuned.
 
 Compute never waits on communication while one round's all-reduce takes less than the next round's H inner
 steps: before each all-reduce the reducer's ``time_budget_s`` (adaptive compressed reducers have one) is set
@@ -79,7 +93,6 @@ import torch
 from torch import nn
 
 from farsync.algorithms.diloco import DiLoCo, OuterState
-from farsync.algorithms.overlap_lookahead import LookaheadEstimate, lookahead
 from farsync.algorithms.step_timer import InnerStepTimer
 from farsync.comm.background import BackgroundSync, Pending
 from farsync.comm.communicator import Communicator
@@ -87,7 +100,7 @@ from farsync.config import OVERLAP_RULES, AlgorithmConfig
 from farsync.reducers.base import Reducer
 from farsync.reducers.budget import reducer_metrics, set_time_budget
 
-__all__ = ["OVERLAP_RULES", "EagerTrajectory", "OverlappedDiLoCo", "checked_pseudo_gradient", "lookahead"]
+__all__ = ["OVERLAP_RULES", "EagerTrajectory", "OverlappedDiLoCo", "checked_pseudo_gradient"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +189,6 @@ class OverlappedDiLoCo(DiLoCo):
         self.timer = InnerStepTimer(comm.clock)
         self.time_budget_s: float | None = None
         self.eager = EagerTrajectory(self.outer, comm.world_size) if self.variant == "eager" else None
-        self.estimate = LookaheadEstimate() if self.variant == "lookahead" else None
 
     # ------------------------------------------------------------------------------------ the round
     def _local_copy(self) -> Named:
@@ -210,8 +222,6 @@ class OverlappedDiLoCo(DiLoCo):
         """Where round t+1 starts (module docstring), once ``theta`` took ``previous``."""
         if self.eager is not None:
             return self.eager.start(self.outer, pseudo, weight, previous)
-        if self.estimate is not None:
-            return self.estimate.start(self.outer, pseudo, weight)
         if self.variant == "delayed":  # a left-out worker's pseudo-gradient is zeros: it restarts from theta
             return {name: self.outer.params[name] - pseudo[name] for name in pseudo}
         return self.outer.params  # naive
@@ -238,9 +248,7 @@ class OverlappedDiLoCo(DiLoCo):
     # --- end of hook ---
 
     def _apply(self, average: Named) -> None:
-        """``theta <- OuterOpt(theta, average)`` (and the lookahead rule's statistics)."""
-        if self.estimate is not None:
-            self.estimate.observe(average)
+        """``theta <- OuterOpt(theta, average)``."""
         self.outer.step(average)
 
     def _take_previous(self) -> Named | None:
@@ -289,10 +297,6 @@ class OverlappedDiLoCo(DiLoCo):
             values["inner_step_s"] = step
         if self.time_budget_s is not None:
             values["time_budget_s"] = self.time_budget_s
-        if self.estimate is not None:
-            values["estimate_shrinkage"] = self.estimate.shrinkage()
-            if self.estimate.error is not None:
-                values["estimate_error"] = self.estimate.error
         values.update(reducer_metrics(self.reducer))
         return values
 
@@ -306,8 +310,6 @@ class OverlappedDiLoCo(DiLoCo):
         )
         if self.eager is not None:
             state["eager"] = self.eager.state_dict()
-        if self.estimate is not None:
-            state["lookahead"] = self.estimate.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -319,5 +321,3 @@ class OverlappedDiLoCo(DiLoCo):
         self.anchor = {k: v.clone() for k, v in state["anchor"].items()}
         if self.eager is not None:
             self.eager.load_state_dict(state["eager"])
-        if self.estimate is not None:
-            self.estimate.load_state_dict(state["lookahead"])

@@ -37,7 +37,7 @@ from farsync.reducers.base import Reducer
 
 __all__ = ["diloco", "dilocox"]
 
-Overlap = Literal["none", "naive", "eager", "delayed", "lookahead"]
+Overlap = Literal["none", "naive", "eager", "delayed"]
 _OVERLAPS = ("none", *OVERLAP_RULES)
 # Every option defaults to its config field's default, so Python and the CLI start from the same run.
 _ALGORITHM = AlgorithmConfig()
@@ -71,7 +71,7 @@ def diloco(
         num_warmup_rounds, num_warmup_inner_steps: the first rounds use the shorter H (synchronous only).
         overlap: ``"none"``: synchronous outer step; otherwise the all-reduce of a round overlaps the next
             round (:class:`OverlappedDiLoCo`) with this rule: ``"naive"`` or ``"eager"`` (Kale et al. 2025,
-            Algorithms 2 and 3), ``"delayed"`` or ``"lookahead"`` (farsync's; :mod:`farsync.algorithms.overlap`).
+            Algorithms 2 and 3), ``"delayed"`` (farsync's; :mod:`farsync.algorithms.overlap`).
         num_fragments: 0 synchronises the whole model at the end of a round; P >= 1 is Streaming DiLoCo
             (:class:`StreamingDiLoCo`) with P strided fragments, each overlapping ``streaming_tau`` inner
             steps and mixed back with weight ``streaming_alpha`` on the local fragment.
@@ -123,7 +123,7 @@ def dilocox(
     outer_lr: float = _ALGORITHM.outer_lr,
     outer_momentum: float = _ALGORITHM.outer_momentum,
     nesterov: bool = _ALGORITHM.nesterov,
-    overlap: Literal["naive", "eager", "delayed", "lookahead"] = "delayed",
+    overlap: Literal["naive", "eager", "delayed"] = "delayed",
     rank: int = _COMPRESSION.rank,
     bits: int = _COMPRESSION.bits,
     energy_fraction: float = _COMPRESSION.energy_fraction,

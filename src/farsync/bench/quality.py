@@ -16,7 +16,7 @@ Sections, in order (each row is one cached run under ``quality_runs/``):
 2. ``recipes``: synchronous DiLoCo, outer learning rate x Nesterov momentum: the M = 4, H = 30 cell first
    (the next sections use its best recipe), then M = 2 and 8 at H = 30; the default rule
    (:func:`farsync.config.outer_recipe`) is shown beside it.
-3. ``overlap``: every one-round overlap rule (naive, eager, delayed, lookahead) at M = 4, each with its own
+3. ``overlap``: every one-round overlap rule (naive, eager, delayed) at M = 4, each with its own
    outer recipe sweep, and eager against delayed at 8, 16 and 32 sequences per worker step
    (:mod:`farsync.bench.quality_overlap`).
 4. ``compression``: int4, int4 + error feedback, low-rank (rank 8, int8 factors) with and without error

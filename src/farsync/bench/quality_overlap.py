@@ -4,7 +4,7 @@ tuned on its own, and eager against delayed as each worker's batch grows.
 Rows, all at M = 4 in bench quality's regime (137k-parameter GPT, inner lr 8e-3, 2.46M tokens):
 
 * every rule of :mod:`farsync.algorithms.overlap` (``naive`` and ``eager``, Kale et al. 2025, arXiv
-  2502.12996; farsync's ``delayed`` and ``lookahead``) at the outer (lr, momentum) pairs of
+  2502.12996; farsync's ``delayed``) at the outer (lr, momentum) pairs of
   :data:`OVERLAP_RECIPES`, 8 sequences per worker step, H = 30 (40 rounds); lowering the outer lr is the
   paper's lever for the naive delay;
 * synchronous DiLoCo, ``eager`` and ``delayed`` (each at its best recipe at 8 sequences) with 16 and 32
@@ -36,13 +36,12 @@ OVERLAP_RECIPES: dict[str, list[tuple[float, float]]] = {
     "naive": [(1.0, 0.7), (0.5, 0.7), (0.5, 0.5), (0.7, 0.3)],
     "eager": [(1.0, 0.7), (0.5, 0.5), (0.7, 0.3), (0.85, 0.3)],
     "delayed": [(1.0, 0.7), (0.7, 0.3)],
-    "lookahead": [(1.0, 0.7), (0.7, 0.3)],
 }
 """Rule -> (outer lr, Nesterov momentum) pairs swept at 8 sequences per worker step, H = 30."""
 OVERLAP_BATCHES: dict[int, tuple[int, int]] = {16: (600, 15), 32: (300, 10)}
 """Sequences per worker step -> (steps, H) at the same 2.46M tokens: 40 rounds at 16, 30 at 32 (H = 7.5
 would keep 40 but is not a whole number of steps)."""
-RULE_ORDER = ("sync", "naive", "eager", "delayed", "lookahead")
+RULE_ORDER = ("sync", "naive", "eager", "delayed")
 BATCH_RULES = ("eager", "delayed")
 """The rules run at every batch of :data:`OVERLAP_BATCHES` (at their best recipe at 8 sequences)."""
 
@@ -185,7 +184,7 @@ def overlap_text(rows: list[dict[str, Any]]) -> str:
         "",
         "8 sequences per worker step, H = 30, 40 rounds; `vs synchronous`: against synchronous DiLoCo at "
         "the same batch. `naive` and `eager` are Kale et al. 2025's Algorithms 2 and 3 (arXiv 2502.12996); "
-        "`delayed` and `lookahead` are farsync's (`farsync.algorithms.overlap`).",
+        "`delayed` is farsync's (`farsync.algorithms.overlap`).",
         "",
         markdown_table(sweep, COLUMNS),
     ]
