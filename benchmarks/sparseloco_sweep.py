@@ -51,9 +51,13 @@ RUNS: dict[str, list[str]] = {
     "sl_d1.56_b0.98_olr1": _sparse(0.015625, 0.98, 1.0),
     "sldct_d1.56_b0.95_olr1": _sparse(0.015625, 0.95, 1.0, "sparseloco_dct"),
     "sl_d1.56_b0.9_olr2": _sparse(0.015625, 0.9, 2.0),
+    "sl_d1.56_b0.8_olr2": _sparse(0.015625, 0.8, 2.0),
+    "sl_d1.56_b0.9_olr3": _sparse(0.015625, 0.9, 3.0),
     "sl_d1.56_b0.98_olr2": _sparse(0.015625, 0.98, 2.0),
     "sl_d0.78_b0.95_olr2": _sparse(0.0078125, 0.95, 2.0),
     "sl_d3.1_b0.95_olr2": _sparse(0.03125, 0.95, 2.0),
+    "sl_d3.1_b0.9_olr2": _sparse(0.03125, 0.9, 2.0),
+    "sl_d2.3_b0.9_olr2": _sparse(0.0234375, 0.9, 2.0),
     "sldct_d1.56_b0.95_olr2": _sparse(0.015625, 0.95, 2.0, "sparseloco_dct"),
 }
 

@@ -95,13 +95,15 @@ def test_message_bytes_follow_the_layout(shape: tuple[int, ...], expected: int) 
 
 
 def test_top_k_keeps_the_largest_of_every_chunk() -> None:
-    # Prepare: two runs of 4; k = 2 of each; kept values {5, 5, -1, -1} quantize exactly (bins 3 and 1)
+    # Prepare: two runs of 4; k = 2 of each; kept values {4, -2, -2, 4} quantize exactly (bins 3 and 1)
     codec = SparseLoCoCodec(0.5, 4)
-    tensor = torch.tensor([5.0, 0.1, -0.2, 5.0, 0.3, -1.0, -1.0, 0.0])
+    tensor = torch.tensor([4.0, 0.1, -2.0, 0.3, 0.2, -2.0, 0.1, 4.0])
     # Execute
-    _, sent = codec.encode(tensor)
-    # Assert
-    assert sent.tolist() == pytest.approx([5.0, 0, 0, 5.0, 0, -1.0, -1.0, 0])
+    message, sent = codec.encode(tensor)
+    # Assert: each value lands at its own offset, in the sender's and in the receiver's copy
+    expected = [4.0, 0, -2.0, 0, 0, -2.0, 0, 4.0]
+    assert sent.tolist() == pytest.approx(expected)
+    assert codec.decode(message, tensor.shape).tolist() == pytest.approx(expected)
 
 
 def test_dct_chunks_send_a_cosine_tile_in_one_value() -> None:

@@ -105,7 +105,7 @@ def test_a_peer_with_a_broken_message_is_left_out() -> None:
         assert sum(mean) == pytest.approx(8.0) and set(mean) == {0.0, 2.0}
 
 
-def test_a_left_out_worker_keeps_its_whole_buffer() -> None:
+def test_a_left_out_worker_subtracts_nothing_from_its_buffer() -> None:
     # Prepare
     reducer = _reducer(Communicator(None, 0, 1))
     # Execute: weight 0 (e.g. after a non-finite pseudo-gradient)

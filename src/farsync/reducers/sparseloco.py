@@ -23,10 +23,10 @@ chunk transform of DeMo (Peng et al. 2024, arXiv 2411.19870); only that part of 
 every inner step, keeps its momentum on the optimizer and applies the sign of the aggregate, none of which is
 done here. The buffer stays in the parameter domain (the inverse transform of what was sent is subtracted).
 
-Failure: a worker whose update holds NaN/Inf sends with weight 0 and keeps its whole buffer (nothing it had
-was applied). A peer message that cannot be decoded (see :meth:`~farsync.compress.sparseloco.
-SparseLoCoCodec.decode`) leaves that peer out of the round with a warning and counts in
-:attr:`SparseLoCoReducer.num_rejected`; the round goes on.
+Failure: a worker whose update holds NaN/Inf counts it as zero, sends with weight 0 and subtracts nothing from
+its (decayed) buffer, since nothing it sent was applied. A peer message that cannot be decoded (see
+:meth:`~farsync.compress.sparseloco.SparseLoCoCodec.decode`) leaves that peer out of the round with a warning
+and counts in :attr:`SparseLoCoReducer.num_rejected`; the round goes on.
 """
 
 from __future__ import annotations
