@@ -40,6 +40,7 @@ __all__ = [
     "config_to_toml",
     "load_config",
     "OVERLAP_RECIPE_SCALE",
+    "SPARSE_OUTER_LR",
     "OVERLAP_RULES",
     "outer_recipe",
     "format_bandwidth",
@@ -458,6 +459,16 @@ lowering the momentum steadies them more than lowering the lr alone (the paper's
 ends at 2.95). Measured at one cell only; other M and H get the same factors."""
 
 
+SPARSE_OUTER_LR = 2.0
+"""Outer SGD learning rate (no momentum) when an error-feedback buffer replaces outer momentum (SparseLoCo).
+
+The paper's is 1; measured in bench quality's regime (M = 4, H = 30, density 1/64, decay 0.95): lr 1 ended
+at 2.2570 (+12.0% over synchronous DiLoCo), 2 at 1.9526 (-3.1%), 3 at 1.9677, 4 at 2.0320
+(``benchmarks/results/sparseloco.md``). The paper's average is a plain mean over workers; with sparse
+selections that rarely coincide, each sent entry is divided by M, and a larger outer lr restores it (the
+authors' code averages each entry over the workers that sent it instead). Measured at M = 4 only."""
+
+
 def outer_recipe(
     num_workers: int,
     num_inner_steps: int,
@@ -469,8 +480,8 @@ def outer_recipe(
     one-round overlap rule (``overlap``, one of OVERLAP_RULES; None: the synchronous outer step).
 
     ``error_feedback_momentum`` (the reducer's decaying error-feedback buffer stands in for outer momentum:
-    ``compression.kind = "sparseloco"`` or ``"sparseloco_dct"``): ``(1.0, 0.0)``, SparseLoCo's outer step
-    (Sarfi et al. 2025, arXiv 2508.15706: plain SGD at lr 1, no outer momentum), whatever M and H. In
+    ``compression.kind = "sparseloco"`` or ``"sparseloco_dct"``): plain SGD without outer momentum, as
+    SparseLoCo's outer step (Sarfi et al. 2025, arXiv 2508.15706), at :data:`SPARSE_OUTER_LR` (one worker: 1). In
     ``bench quality``'s regime (M = 4, H = 30; ``benchmarks/sparseloco_sweep.py``) lr 2 did better than the
     paper's 1 (1.9526 vs 2.2570 at 1.56% density; 3: 1.9677, 4: 2.0320); the rule keeps the paper's value.
 
@@ -496,8 +507,10 @@ def outer_recipe(
     An overlapped outer step applies each average one round late, and a late step with a large outer lr and
     momentum overshoots: the synchronous recipe is scaled by :data:`OVERLAP_RECIPE_SCALE` for the rule.
     """
-    if num_workers <= 1 or error_feedback_momentum:
+    if num_workers <= 1:
         return 1.0, 0.0
+    if error_feedback_momentum:
+        return SPARSE_OUTER_LR, 0.0
     s = min(1.0, max(1, num_inner_steps) / 30)
     lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
     momentum = 0.7 * s

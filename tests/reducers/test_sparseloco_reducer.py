@@ -14,7 +14,16 @@ import torch
 
 from farsync.algorithms.diloco import DiLoCo
 from farsync.comm.communicator import Communicator
-from farsync.config import AlgorithmConfig, CompressionConfig, ConfigError, PrivacyConfig, load_config
+from farsync.config import (
+    SPARSE_OUTER_LR,
+    AlgorithmConfig,
+    CompressionConfig,
+    ConfigError,
+    PrivacyConfig,
+    load_config,
+    outer_recipe,
+)
+from farsync.reducers.budget import replaces_outer_momentum
 from farsync.reducers.sparseloco import SparseLoCoReducer
 from farsync.sim.ranks import run_ranks
 from farsync.train.build import make_reducer
@@ -145,8 +154,9 @@ def test_the_rule_looks_through_a_privacy_wrapper() -> None:
     algo = DiLoCo(
         model, torch.optim.SGD(model.parameters(), lr=0.1), comm, AlgorithmConfig(), reducer=reducer
     )
-    # Assert
+    # Assert (one worker's recipe is (1, 0) anyway: the chain walk itself is what must find the buffer)
     assert not isinstance(reducer, SparseLoCoReducer)
+    assert replaces_outer_momentum(reducer)
     assert (algo.config.outer_lr, algo.config.outer_momentum) == (1.0, 0.0)
 
 
@@ -177,3 +187,8 @@ def test_bad_config_is_a_config_error(overrides: list[str], message: str) -> Non
     # Prepare / Execute / Assert
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_the_rule_for_several_workers_is_plain_sgd_at_the_sparse_outer_lr() -> None:
+    assert outer_recipe(4, 30, error_feedback_momentum=True) == (SPARSE_OUTER_LR, 0.0) == (2.0, 0.0)
+    assert outer_recipe(4, 30) == (1.0, 0.7)

@@ -43,7 +43,7 @@ class Reducer(ABC):
 
     replaces_outer_momentum: bool = False
     """True when the reducer keeps a per-worker error-feedback buffer that stands in for the outer momentum
-    (SparseLoCo): the outer recipe then defaults to plain SGD at lr 1 (``AlgorithmConfig.with_outer_recipe``)."""
+    (SparseLoCo): the outer recipe then defaults to plain SGD without momentum (``AlgorithmConfig.with_outer_recipe``)."""
 
     def __init__(self, comm: Communicator) -> None:
         self.comm = comm
