@@ -122,8 +122,8 @@ class ElasticMember:
         # resolved for the configured number of slots now (config.outer_recipe), as a plain run resolves it
         # for its group; a quorum that shrinks for a while keeps the recipe of the full run.
         sparse = config.compression.kind in ("sparseloco", "sparseloco_dct")  # the buffer replaces momentum
-        algorithm = config.algorithm.with_outer_recipe(config.num_workers, error_feedback_momentum=sparse)
-        config = dataclasses.replace(config, algorithm=algorithm)
+        recipe = config.algorithm.with_outer_recipe(config.num_workers, error_feedback_momentum=sparse)
+        config = dataclasses.replace(config, algorithm=recipe)
         self.config, self.ctx, self.client = config, ctx, client
         clock = Clock(config.network.emulation, step_time_s=config.network.step_time_s)
         ledger = ByteLedger(rank=ctx.rank)

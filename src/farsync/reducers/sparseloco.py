@@ -11,7 +11,7 @@ Sarfi et al. 2025, "Communication Efficient LLM Pre-training with SparseLoCo" (a
 and the outer step is ``theta <- theta - alpha Delta``: plain SGD, no outer momentum (the buffer stands in for
 it), ``alpha = 1`` in the paper. That step is DiLoCo's outer optimizer with momentum 0: when a reducer of this
 class is used, :meth:`farsync.config.AlgorithmConfig.with_outer_recipe` resolves an outer lr / momentum left to
-the rule to ``(1, 0)`` (:attr:`replaces_outer_momentum`); values the user sets are kept.
+the rule to plain SGD at :data:`farsync.config.SPARSE_OUTER_LR` (2; the paper uses 1, which ended +12% here) without momentum (:attr:`replaces_outer_momentum`); values the user sets are kept.
 
 Every worker's message is all-gathered (top-k indices differ per worker, so nothing can be summed on the
 way): a weight (float32) followed by each tensor's message in name order; the byte ledger charges the
