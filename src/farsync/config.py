@@ -507,13 +507,14 @@ def outer_recipe(
     An overlapped outer step applies each average one round late, and a late step with a large outer lr and
     momentum overshoots: the synchronous recipe is scaled by :data:`OVERLAP_RECIPE_SCALE` for the rule.
     """
-    if num_workers <= 1:
-        return 1.0, 0.0
     if error_feedback_momentum:
-        return SPARSE_OUTER_LR, 0.0
-    s = min(1.0, max(1, num_inner_steps) / 30)
-    lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
-    momentum = 0.7 * s
+        return (1.0 if num_workers <= 1 else SPARSE_OUTER_LR), 0.0
+    if num_workers <= 1:
+        lr, momentum = 1.0, 0.0
+    else:
+        s = min(1.0, max(1, num_inner_steps) / 30)
+        lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
+        momentum = 0.7 * s
     if overlap is not None:
         lr_scale, momentum_scale = OVERLAP_RECIPE_SCALE[overlap]
         lr, momentum = lr * lr_scale, momentum * momentum_scale
