@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     bench = commands.add_parser(
-        "bench", help="run a named benchmark (core, dilocox, byzantine, federated, chaos)"
+        "bench",
+        help="run a named benchmark (core, dilocox, quality, frontier, byzantine, federated, chaos, hf)",
     )
     bench.add_argument("name")
     bench.add_argument("--out", default="benchmarks/results")

@@ -39,6 +39,9 @@ __all__ = [
     "TrainConfig",
     "config_to_toml",
     "load_config",
+    "OVERLAP_RECIPE_SCALE",
+    "SPARSE_OUTER_LR",
+    "OVERLAP_RULES",
     "outer_recipe",
     "format_bandwidth",
     "format_duration",
@@ -345,6 +348,8 @@ class TrainConfig:
 
 
 ALGORITHMS = ("ddp", "diloco", "fedavg", "dilocox", "streaming", "gossip")
+OVERLAP_RULES = ("naive", "eager", "delayed")
+"""The values of ``algorithm.overlap`` (kept equal to the field's Literal by a test)."""
 
 
 @dataclass(kw_only=True)
@@ -370,8 +375,10 @@ class AlgorithmConfig:
     """Inner steps per warm-up round."""
     delay: int = 0
     """0: synchronous outer step; 1: the all-reduce overlaps the next round (one-step delay)."""
-    overlap: Literal["delayed", "eager"] = "delayed"
-    """With delay = 1: DiLoCoX's delayed update or the eager update of Kale et al. 2025."""
+    overlap: Literal["naive", "eager", "delayed"] = "delayed"
+    """With delay = 1, where a worker starts the next round while the average is on the wire (one of
+    OVERLAP_RULES; farsync.algorithms.overlap): naive and eager are Kale et al. 2025's Algorithms 2 and 3
+    (arXiv 2502.12996), delayed is farsync's own rule after DiLoCoX's description."""
     num_fragments: int = 4
     """Streaming DiLoCo: number of parameter fragments P."""
     streaming_tau: int = 5
@@ -415,10 +422,19 @@ class AlgorithmConfig:
             "must be in [0, 1]",
         )
 
-    def with_outer_recipe(self, num_workers: int) -> AlgorithmConfig:
+    def with_outer_recipe(
+        self, num_workers: int, *, error_feedback_momentum: bool = False
+    ) -> AlgorithmConfig:
         """This section with ``outer_lr`` / ``outer_momentum`` left to the rule replaced by
-        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``); explicit values are kept."""
-        lr, momentum = outer_recipe(num_workers, self.num_inner_steps)
+        :func:`outer_recipe` (``num_workers``, ``num_inner_steps``, the overlap rule when the outer step is
+        overlapped: ``delay = 1`` or DiLoCoX, and ``error_feedback_momentum``); explicit values are kept."""
+        overlapped = self.delay == 1 or self.name == "dilocox"
+        lr, momentum = outer_recipe(
+            num_workers,
+            self.num_inner_steps,
+            self.overlap if overlapped else None,
+            error_feedback_momentum=error_feedback_momentum,
+        )
         return dataclasses.replace(
             self,
             outer_lr=self.outer_lr if self.outer_lr > 0 else lr,
@@ -426,8 +442,48 @@ class AlgorithmConfig:
         )
 
 
-def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
-    """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps.
+OVERLAP_RECIPE_SCALE: dict[str, tuple[float, float]] = {
+    "naive": (0.5, 0.5 / 0.7),
+    "eager": (0.7, 0.3 / 0.7),
+    "delayed": (1.0, 1.0),
+}
+"""Overlap rule -> (factor on the synchronous rule's outer lr, factor on its momentum) in :func:`outer_recipe`.
+
+Each rule's best (lr, momentum) in ``farsync bench quality``'s overlap sweep at M = 4, H = 30, where the
+synchronous rule gives 1.0 / 0.7 (``benchmarks/results/quality.md``, overlap section): naive 0.5 / 0.5 (of
+1.0 / 0.7, 0.5 / 0.7, 0.5 / 0.5, 0.7 / 0.3), eager 0.7 / 0.3 (of 1.0 / 0.7, 0.85 / 0.3, 0.7 / 0.3,
+0.5 / 0.5), delayed 1.0 / 0.7 (of 1.0 / 0.7, 0.7 / 0.3).
+The published rules step with pseudo-gradients measured one outer step behind, and at the synchronous
+recipe they oscillate (naive and eager at 1.0 / 0.7 end at 5.67 and 3.08 against 2.02 synchronous);
+lowering the momentum steadies them more than lowering the lr alone (the paper's lever: naive 0.5 / 0.7
+ends at 2.95). Measured at one cell only; other M and H get the same factors."""
+
+
+SPARSE_OUTER_LR = 2.0
+"""Outer SGD learning rate (no momentum) when an error-feedback buffer replaces outer momentum (SparseLoCo).
+
+The paper's is 1; measured in bench quality's regime (M = 4, H = 30, density 1/64, decay 0.95): lr 1 ended
+at 2.2570 (+12.0% over synchronous DiLoCo), 2 at 1.9526 (-3.1%), 3 at 1.9677, 4 at 2.0320
+(``benchmarks/results/sparseloco.md``). The paper's average is a plain mean over workers; with sparse
+selections that rarely coincide, each sent entry is divided by M, and a larger outer lr restores it (the
+authors' code averages each entry over the workers that sent it instead). Measured at M = 4 only."""
+
+
+def outer_recipe(
+    num_workers: int,
+    num_inner_steps: int,
+    overlap: str | None = None,
+    *,
+    error_feedback_momentum: bool = False,
+) -> tuple[float, float]:
+    """DiLoCo's default outer learning rate and Nesterov momentum for M workers and H inner steps, and for a
+    one-round overlap rule (``overlap``, one of OVERLAP_RULES; None: the synchronous outer step).
+
+    ``error_feedback_momentum`` (the reducer's decaying error-feedback buffer stands in for outer momentum:
+    ``compression.kind = "sparseloco"`` or ``"sparseloco_dct"``): plain SGD without outer momentum, as
+    SparseLoCo's outer step (Sarfi et al. 2025, arXiv 2508.15706), at :data:`SPARSE_OUTER_LR` (one worker: 1). In
+    ``bench quality``'s regime (M = 4, H = 30; ``benchmarks/sparseloco_sweep.py``) lr 2 did better than the
+    paper's 1 (1.9526 vs 2.2570 at 1.56% density; 3: 1.9677, 4: 2.0320); the rule keeps the paper's value.
 
     With ``s = min(1, H / 30)``: ``momentum = 0.7 s`` and ``lr = 1 + (min(1, 0.5 sqrt(M)) - 1) s``, i.e. at
     H >= 30 momentum 0.7 and lr 0.5 sqrt(M) capped at 1 (M = 2: 0.71, M >= 4: 1.0), moving linearly towards
@@ -440,13 +496,43 @@ def outer_recipe(num_workers: int, num_inner_steps: int) -> tuple[float, float]:
     with tens of rounds, not thousands, momentum 0.9 builds up too slowly (issue 11's 30-round probe at
     H = 10: 0.7 / 0.5 ended at 2.393, 0.7 / 0.9 at 2.610). The best outer lr rising with M agrees with
     Charles et al. 2025 (arXiv 2503.09799). Below H = 30 the rule is an interpolation, not a measurement.
+
+    One worker (M = 1) gets outer lr 1 and no momentum: the outer step then lands exactly on the worker's
+    weights, so the run is plain training and cannot lose to it (pinned by
+    ``tests/algorithms/test_diloco_single_worker.py``). Measured in bench quality's regime (H = 30, 1,200
+    steps, inner lr 8e-3): 1.0 / 0 ended at 1.5886, the M >= 2 formula's 0.5 / 0.7 at 1.6349, 1.0 / 0.3 at
+    1.7511, 1.3 / 0 at 1.7593; with one worker there is no averaging to smooth, and outer momentum or
+    extrapolation only add lag or overshoot.
+
+    An overlapped outer step applies each average one round late, and a late step with a large outer lr and
+    momentum overshoots: the synchronous recipe is scaled by :data:`OVERLAP_RECIPE_SCALE` for the rule.
     """
-    s = min(1.0, max(1, num_inner_steps) / 30)
-    lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
-    return round(lr, 2), round(0.7 * s, 2)
+    if error_feedback_momentum:
+        return (1.0 if num_workers <= 1 else SPARSE_OUTER_LR), 0.0
+    if num_workers <= 1:
+        lr, momentum = 1.0, 0.0
+    else:
+        s = min(1.0, max(1, num_inner_steps) / 30)
+        lr = 1.0 + (min(1.0, 0.5 * math.sqrt(max(1, num_workers))) - 1.0) * s
+        momentum = 0.7 * s
+    if overlap is not None:
+        lr_scale, momentum_scale = OVERLAP_RECIPE_SCALE[overlap]
+        lr, momentum = lr * lr_scale, momentum * momentum_scale
+    return round(lr, 2), round(momentum, 2)
 
 
-COMPRESSION_KINDS = ("none", "fp16", "bf16", "int8", "int4", "uint8_lookup", "topk", "lowrank")
+COMPRESSION_KINDS = (
+    "none",
+    "fp16",
+    "bf16",
+    "int8",
+    "int4",
+    "uint8_lookup",
+    "topk",
+    "lowrank",
+    "sparseloco",
+    "sparseloco_dct",
+)
 """The one list of compression kinds. ``farsync.compress.KINDS`` (what each kind puts on the wire) is kept
 equal to it by a test: the config and ``compress`` are independent leaves and cannot import each other."""
 
@@ -457,21 +543,43 @@ class CompressionConfig:
 
     kind: str = "none"
     """What goes on the wire, one of COMPRESSION_KINDS; the same bytes with or without robust aggregation:
-    none (fp32), fp16, bf16, int8, int4, uint8_lookup, topk, lowrank (P and Q factors at `bits`)."""
+    none (fp32), fp16, bf16, int8, int4, uint8_lookup, topk, lowrank (P and Q factors at `bits`),
+    sparseloco (SparseLoCo: chunked top-k of `topk_fraction` per chunk, 2-bit values, error feedback decayed
+    by `error_decay`, all-gathered; `bits` and `error_feedback` do not apply), sparseloco_dct (the same with
+    the top-k taken among each chunk's DCT-II coefficients, DeMo's chunk transform)."""
     bits: int = 8
     """Bit width for quantization (and for low-rank factors): 4, 8 or 16."""
     rank: int = 8
     """Low-rank: rank of the factors (upper bound when adaptive)."""
     topk_fraction: float = 0.01
-    """Top-k: fraction of entries kept."""
+    """Top-k: fraction of entries kept (sparseloco: of every chunk)."""
+    chunk_size: int = 64
+    """sparseloco: side of the square tiles a matrix is cut into for top-k (64: 4,096 values, the paper's);
+    1-D tensors in runs of at most this many values."""
+    error_decay: float = 0.95
+    """sparseloco: beta, the decay of the error-feedback buffer (e <- beta e + pseudo-gradient); paper 0.95."""
     energy_fraction: float = 0.9
     """Adaptive low-rank: share of the pseudo-gradient's energy the chosen rank keeps, in (0, 1]."""
     adaptive: bool = False
-    """Choose rank and bits each round from the pseudo-gradient and the link speed (DiLoCoX)."""
+    """Plan every round from the link (DiLoCoX): sync or overlap, fp32, dense or low-rank values at 32..2 bits,
+    and H (farsync.compress.adaptive); `rank` and `bits` are then unused."""
     error_feedback: bool = False
     """Carry the compression error into the next round (per worker residual)."""
     block_size: int = 64
     """Block size for blockwise absmax quantization."""
+    sync_fraction: float = 0.05
+    """Adaptive: a round runs synchronously (no delay) when its fp32, else a dense quantized (>= min_bits),
+    all-reduce takes at most this share of its compute, in [0, 1)."""
+    min_bits: int = 4
+    """Adaptive: quality floor, the narrowest width the planner may send: 2, 4, 8, 16 or 32."""
+    min_rank_fraction: float = 0.125
+    """Adaptive: quality floor, the smallest low-rank rank as a share of min(rows, cols), in (0, 1]."""
+    min_compression_ratio: float = 1.0
+    """Adaptive: a round sends at most 1/this of the fp32 bytes (1 = only what the link needs)."""
+    adapt_inner_steps: bool = False
+    """Adaptive: when the floor's message does not hide behind H steps, grow the next round's H until it does."""
+    num_inner_steps_max: int = 0
+    """Adaptive with adapt_inner_steps: the largest H (0 = 4 x algorithm.num_inner_steps)."""
 
     def validate(self) -> None:
         _check(
@@ -492,6 +600,35 @@ class CompressionConfig:
             "must be in (0, 1]",
         )
         _check(self.block_size >= 8, "compression.block_size", self.block_size, "must be >= 8")
+        _check(self.chunk_size >= 1, "compression.chunk_size", self.chunk_size, "must be >= 1")
+        _check(0 <= self.error_decay <= 1, "compression.error_decay", self.error_decay, "must be in [0, 1]")
+        _check(
+            0 <= self.sync_fraction < 1, "compression.sync_fraction", self.sync_fraction, "must be in [0, 1)"
+        )
+        _check(
+            self.min_bits in (2, 4, 8, 16, 32),
+            "compression.min_bits",
+            self.min_bits,
+            "allowed: 2, 4, 8, 16, 32",
+        )
+        _check(
+            0 < self.min_rank_fraction <= 1,
+            "compression.min_rank_fraction",
+            self.min_rank_fraction,
+            "must be in (0, 1]",
+        )
+        _check(
+            self.min_compression_ratio >= 1,
+            "compression.min_compression_ratio",
+            self.min_compression_ratio,
+            "must be >= 1",
+        )
+        _check(
+            self.num_inner_steps_max >= 0,
+            "compression.num_inner_steps_max",
+            self.num_inner_steps_max,
+            "must be >= 0 (0 = 4 x algorithm.num_inner_steps)",
+        )
 
 
 _RATE = {"parse": parse_bandwidth}
@@ -513,6 +650,9 @@ class NetworkConfig:
     emulation: Literal["sleep", "virtual", "off"] = "sleep"
     """sleep: collectives really take the link's time; virtual: the time is added to a simulated clock
     (for long benchmarks); off: no emulation (a real link, e.g. across hosts)."""
+    step_time_s: float = 0.0
+    """Virtual clock only: model every inner step as taking this many seconds of compute instead of measuring
+    it (0: measured). Makes emulated wall-clock independent of this machine's load (comm/clock.py)."""
     worker_bandwidth: dict[str, float] = field(
         default_factory=dict, metadata={"parse": _parse_table(parse_bandwidth)}
     )
@@ -533,6 +673,13 @@ class NetworkConfig:
                 setattr(self, f.name, parse(getattr(self, f.name), f"network.{f.name}"))
 
     def validate(self, num_workers: int) -> None:
+        _check(self.step_time_s >= 0, "network.step_time_s", self.step_time_s, "must be >= 0 (0: measured)")
+        _check(
+            self.step_time_s == 0 or self.emulation == "virtual",
+            "network.step_time_s",
+            self.step_time_s,
+            f"a modelled step time needs network.emulation = 'virtual' (got {self.emulation!r})",
+        )
         for table in ("worker_bandwidth", "worker_latency"):
             for rank in getattr(self, table):
                 _check(
@@ -927,6 +1074,14 @@ class RunConfig:
         self._validate_shards()
 
     def _validate_across_sections(self) -> None:
+        _check(
+            self.compression.kind not in ("sparseloco", "sparseloco_dct")
+            or not self.aggregation.needs_robust_reducer,
+            "compression.kind",
+            self.compression.kind,
+            "sends each worker's own sparse message; robust aggregation (aggregation.rule, max_norm, "
+            "outlier_ratio) needs a dense kind (none, fp16, bf16, int8, int4, uint8_lookup, topk, lowrank)",
+        )
         if self.model.kind in ("gpt", "hf"):
             _check(
                 self.data.kind in ("text", "local"),
@@ -979,6 +1134,13 @@ class RunConfig:
             self.train.report_every,
             f"only ddp and gossip report by steps; algorithm.name = {self.algorithm.name!r} reports once per "
             "outer round (every algorithm.num_inner_steps steps)",
+        )
+        _check(
+            self.network.step_time_s == 0
+            or not (self.algorithm.name == "fedavg" and self.federated.num_clients > 0),
+            "network.step_time_s",
+            self.network.step_time_s,
+            "federated clients measure their compute; a modelled step time needs federated.num_clients = 0",
         )
         _check(
             self.elastic.min_workers <= self.num_workers,

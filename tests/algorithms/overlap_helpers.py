@@ -56,73 +56,46 @@ class HandOuterSGD:
         return self.w - OUTER_LR * (g + MOMENTUM * buf)
 
 
-def reference(
-    variant: str, world: int, num_rounds: int, h: int, *, same_data: bool = False
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+def reference(variant: str, world: int, num_rounds: int, h: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Local weights of each worker after ``num_rounds`` rounds and the final global weights after finish.
 
-    Both variants step the consensus theta <- OuterSGD(theta, avg^{t-1}) one round late, then restart:
-    delayed: x_i <- theta + (x_i - a_i);
-    eager:   x_i <- OuterSGD(theta, E_i) peeked, not taken, with E_i = A + beta_i (D_i^t - A), A the last
-             average to arrive, beta_i = drift / (drift + noise) from running means (newest sample weighted
-             1/2) of |avg^t - avg^{t-1}|^2 and |D_i^t - avg^t|^2 (beta = 1, E_i = D_i before any average).
-    ``same_data``: every worker draws rank 0's samples.
+    Every rule steps the consensus theta <- OuterSGD(theta, avg^{t-1}) one round late, then restarts:
+    naive:     x_i <- theta (Kale et al. 2025, Algorithm 2);
+    eager:     x_i <- theta_i <- OuterSGD_i(theta_i, D_i^t / M + avg^{t-1} - D_i^{t-1} / M), each worker with
+               its own outer momentum (Kale et al. 2025, Algorithm 3);
+    delayed:   x_i <- theta + (x_i - a_i);
     """
     w0 = make_model().weight.detach().clone()
     x = [w0.clone() for _ in range(world)]
     anchor = [w0.clone() for _ in range(world)]
     consensus = HandOuterSGD(w0)
+    own_outer = [HandOuterSGD(w0) for _ in range(world)]
+    previous_own: list[torch.Tensor | None] = [None] * world
     previous_avg: torch.Tensor | None = None
-    last_avg: torch.Tensor | None = None
-    sent: list[torch.Tensor | None] = [None] * world
-    noise: list[float | None] = [None] * world
-    drift: float | None = None
     step = 0
     for _ in range(num_rounds):
         for _ in range(h):
-            x = [x[i] - INNER_LR * grad(x[i], 0 if same_data else i, step) for i in range(world)]
+            x = [x[i] - INNER_LR * grad(x[i], i, step) for i in range(world)]
             step += 1
         own = [anchor[i] - x[i] for i in range(world)]
         average = sum(own) / world
         if previous_avg is not None:
-            for i in range(world):
-                if sent[i] is not None:
-                    noise[i] = _ema(noise[i], float((sent[i] - previous_avg).pow(2).sum()))
-            change = previous_avg - (last_avg if last_avg is not None else 0.0)
-            drift = _ema(drift, float(change.pow(2).sum()))
-            last_avg = previous_avg
             consensus.step(previous_avg)
         for i in range(world):
-            if variant == "delayed":
+            if variant == "naive":
+                x[i] = consensus.w.clone()
+            elif variant == "eager":
+                gradient = own[i] / world
+                if previous_avg is not None:
+                    before = previous_own[i]
+                    gradient = gradient + previous_avg - (before / world if before is not None else 0.0)
+                own_outer[i].step(gradient)
+                previous_own[i] = own[i]
+                x[i] = own_outer[i].w.clone()
+            else:  # delayed
                 x[i] = consensus.w + (x[i] - anchor[i])
-            else:
-                estimate = own[i]
-                if last_avg is not None:
-                    n, d = noise[i], drift
-                    beta = 1.0 if n is None or d is None or n + d <= 0 else d / (d + n)
-                    estimate = last_avg + beta * (own[i] - last_avg)
-                x[i] = consensus.peek(estimate)
-                sent[i] = own[i]
             anchor[i] = x[i].clone()
         previous_avg = average
     assert previous_avg is not None
     consensus.step(previous_avg)
     return x, consensus.w
-
-
-def _ema(mean: float | None, sample: float) -> float:
-    return sample if mean is None else 0.5 * mean + 0.5 * sample
-
-
-def synchronous_reference(num_rounds: int, h: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Synchronous DiLoCo on rank 0's samples: every round's start point, and the final global weights."""
-    consensus = HandOuterSGD(make_model().weight.detach().clone())
-    starts, step = [], 0
-    for _ in range(num_rounds):
-        x = consensus.w.clone()
-        for _ in range(h):
-            x = x - INNER_LR * grad(x, 0, step)
-            step += 1
-        consensus.step(consensus.w - x)
-        starts.append(consensus.w.clone())
-    return starts, consensus.w

@@ -219,8 +219,8 @@ def test_diloco_leaves_out_a_worker_with_a_nan_pseudo_gradient(caplog: pytest.Lo
 
 
 def test_diloco_state_dict_round_trip_restores_outer_momentum() -> None:
-    # Prepare
-    config = AlgorithmConfig(num_inner_steps=2)
+    # Prepare (explicit momentum: at one worker the default rule has none)
+    config = AlgorithmConfig(num_inner_steps=2, outer_lr=0.7, outer_momentum=0.9)
     model = _linear()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     diloco = DiLoCo(model, optimizer, _comm(0, 1, None), config)

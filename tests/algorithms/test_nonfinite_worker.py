@@ -61,6 +61,7 @@ def _run(cls: type[DiLoCo], overlap: str, rank: int, world: int, group: Any) -> 
     [
         (OverlappedDiLoCo, "delayed"),
         (OverlappedDiLoCo, "eager"),
+        (OverlappedDiLoCo, "naive"),
         (DiLoCoX, "delayed"),
         (StreamingDiLoCo, "delayed"),
     ],

@@ -43,3 +43,15 @@ def test_compare_allreduce_reports_rates_and_compressed_bytes() -> None:
     assert int8["fp32_equivalent_bytes_per_s"] > 0 and set(result["speedup"]) == {"fp32", "int8"}
     # The link alone: 4 bytes per value against 1 + 4/64 (codes plus one fp32 scale per 64-value block).
     assert result["link_speedup"]["int8"] == pytest.approx(4 / (1 + 4 / 64))
+
+
+def test_config_digest_names_only_changed_settings() -> None:
+    from farsync.bench.common import config_digest
+    from farsync.config import RunConfig, load_config
+
+    assert config_digest(load_config(None, [])) == config_digest(RunConfig())
+    a = load_config(None, ["train.lr=0.004", "num_workers=2"])
+    b = load_config(None, ["num_workers=2", "train.lr=0.004"])
+    assert config_digest(a) == config_digest(b)
+    assert config_digest(a) != config_digest(load_config(None, ["train.lr=0.004", "num_workers=3"]))
+    assert config_digest(a) != config_digest(load_config(None, ["num_workers=2"]))

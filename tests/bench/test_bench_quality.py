@@ -25,16 +25,23 @@ def test_quality_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monkey
     markdown = (tmp_path / "quality_quick.md").read_text()
     assert (tmp_path / "quality_time_to_loss_quick.png").stat().st_size > 0
     variants = {row["variant"] for row in data["variants"]}
-    assert variants == {"eager", "int4_ef"}
+    assert variants == {"int4_ef"}
+    assert {row["rule"] for row in data["overlap"]} == {"sync", "naive", "eager"}
     assert {row["variant"] for row in data["dilocox"]["rows"]} == {
         "ddp_100x",
         "dilocox_100x",
         "dilocox_emulation_off",
     }
-    for row in [*data["ddp"], *data["recipes"], *data["variants"], *data["dilocox"]["rows"]]:
+    for row in [
+        *data["ddp"],
+        *data["recipes"],
+        *data["variants"],
+        *data["overlap"],
+        *data["dilocox"]["rows"],
+    ]:
         assert math.isfinite(row["final_eval_loss"]) and math.isfinite(row["final_local_eval_loss"])
         assert f"| {row['name']} |" in markdown or row in data["recipes"]
     curves = data["time_to_loss"]["1Gbit"]
     assert set(curves) == {"ddp", "diloco", "streaming", "dilocox"}
     assert all(len(c["curve"]) >= 2 for c in curves.values())
-    assert "eager_within_0.5%_of_synchronous" in data["targets"] and "Targets:" in markdown
+    assert "eager_within_5%_of_synchronous" in data["targets"] and "Targets:" in markdown

@@ -3,7 +3,16 @@
 import pytest
 import torch
 
-from farsync.compress import KINDS, BlockwiseCodec, Fp32Codec, ScaledHalfCodec, wire_codec
+from farsync.compress import (
+    KINDS,
+    SPARSE_KINDS,
+    BlockwiseCodec,
+    Fp32Codec,
+    ScaledHalfCodec,
+    SparseLoCoCodec,
+    sparse_codec,
+    wire_codec,
+)
 from farsync.config import COMPRESSION_KINDS
 
 
@@ -12,7 +21,7 @@ def test_the_registry_is_the_configs_list_of_kinds() -> None:
     assert KINDS == COMPRESSION_KINDS
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind not in SPARSE_KINDS])
 def test_every_kind_has_a_codec_that_round_trips_within_its_bound(kind: str) -> None:
     # Prepare
     values = torch.randn(512, generator=torch.Generator().manual_seed(50))
@@ -22,6 +31,18 @@ def test_every_kind_has_a_codec_that_round_trips_within_its_bound(kind: str) -> 
     # Assert
     assert decoded.shape == values.shape
     assert ((decoded - values).norm() / values.norm()).item() < (0.2 if kind == "int4" else 0.05)
+
+
+@pytest.mark.parametrize("kind", SPARSE_KINDS)
+def test_sparse_kinds_have_a_per_tensor_codec_and_no_flat_one(kind: str) -> None:
+    # Prepare / Execute
+    codec = sparse_codec(kind, topk_fraction=0.02, chunk_size=32)
+    # Assert
+    assert isinstance(codec, SparseLoCoCodec) and codec.transform == (
+        "dct" if kind.endswith("dct") else "none"
+    )
+    with pytest.raises(ValueError, match=f"kind={kind!r} is laid out per tensor"):
+        wire_codec(kind)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +64,7 @@ def test_value_kinds_ignore_bits() -> None:
     ("kwargs", "message"),
     [
         ({"kind": "gzip"}, r"kind='gzip' is unknown; allowed: none, fp16"),
-        ({"kind": "lowrank", "bits": 2}, r"bits=2 .*allowed: \(32, 16, 8, 4\)"),
+        ({"kind": "lowrank", "bits": 3}, r"bits=3 .*allowed: \(32, 16, 8, 4, 2\)"),
         ({"kind": "topk", "topk_fraction": 1.5}, r"fraction=1.5"),
         ({"kind": "int8", "block_size": 0}, r"block_size=0"),
     ],

@@ -38,7 +38,7 @@ def test_int4_codes_are_packed_two_per_byte_low_nibble_first() -> None:
     assert scales.tolist() == [1.0]
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits", [8, 4, 2])
 def test_blockwise_error_is_at_most_half_a_scale_per_element(bits: int) -> None:
     # Prepare: 1000 values (last block of 64 is padded), very different magnitudes per block.
     block_size = 64
@@ -68,6 +68,18 @@ def test_zero_block_decodes_to_zero() -> None:
     assert decoded[8].item() == pytest.approx(3.0)
 
 
+def test_int2_codes_are_ternary_packed_four_per_byte_lowest_bits_first() -> None:
+    # Prepare: absmax 2 gives scale 2 (qmax 1); 1.2 -> round(0.6) = 1, -0.9 -> round(-0.45) = 0, -2 -> -1.
+    x = torch.tensor([1.2, -0.9, -2.0, 2.0, 0.0])
+    # Execute
+    codes, scales = quantize_blockwise(x, bits=2, block_size=8)
+    decoded = dequantize_blockwise(codes, scales, 2, 8, x.numel())
+    # Assert: stored codes are value + 1: [2, 1, 0, 2] -> 2 | 1<<2 | 0<<4 | 2<<6 = 0x86; [1, pad 1, 1, 1] = 0x55.
+    assert codes.tolist() == [0x86, 0x55]
+    assert scales.tolist() == [2.0]
+    assert decoded.tolist() == [2.0, 0.0, -2.0, 2.0, 0.0]
+
+
 def test_pack_unpack_int4_round_trips_every_value_with_odd_length() -> None:
     # Prepare
     values = torch.arange(-8, 8, dtype=torch.int8).repeat(3)[:-1]
@@ -80,7 +92,8 @@ def test_pack_unpack_int4_round_trips_every_value_with_odd_length() -> None:
 
 
 @pytest.mark.parametrize(
-    ("bits", "numel", "expected"), [(8, 1000, 1000 + 4 * 16), (4, 1000, 500 + 4 * 16), (4, 999, 500 + 4 * 16)]
+    ("bits", "numel", "expected"),
+    [(8, 1000, 1000 + 4 * 16), (4, 1000, 500 + 4 * 16), (4, 999, 500 + 4 * 16), (2, 1001, 251 + 4 * 16)],
 )
 def test_blockwise_codec_bytes_are_codes_plus_fp32_scales(bits: int, numel: int, expected: int) -> None:
     # Prepare

@@ -118,6 +118,11 @@ def test_defaults_are_the_documented_default_run() -> None:
         ("train.num_steps=ten", "train.num_steps", "expected an integer"),
         ("train.num_steps=2.5", "train.num_steps", "expected an integer"),
         ("compression.adaptive=3", "compression.adaptive", "expected true or false"),
+        ("compression.min_bits=3", "compression.min_bits", "allowed: 2, 4, 8, 16, 32"),
+        ("compression.sync_fraction=1", "compression.sync_fraction", "must be in [0, 1)"),
+        ("compression.min_rank_fraction=0", "compression.min_rank_fraction", "must be in (0, 1]"),
+        ("compression.min_compression_ratio=0.5", "compression.min_compression_ratio", "must be >= 1"),
+        ("compression.num_inner_steps_max=-1", "compression.num_inner_steps_max", "must be >= 0"),
         ("algorithm.name=adam", "algorithm.name", "allowed"),
         ("algorithm.num_inner_steps=0", "algorithm.num_inner_steps", "H must be >= 1"),
         ("num_workers=0", "num_workers", "must be >= 1"),
@@ -245,3 +250,14 @@ def test_run_config_validate_catches_cross_section_conflicts() -> None:
     # Execute / Assert
     with pytest.raises(ConfigError, match="data.kind"):
         config.validate()
+
+
+def test_outer_recipe_rule_values() -> None:
+    """The rule's recipes, by hand: one worker trains plainly; at H >= 30 momentum 0.7 and lr 0.5 sqrt(M)
+    capped at 1; halfway to plain averaging at H = 15."""
+    assert outer_recipe(1, 30) == (1.0, 0.0)
+    assert outer_recipe(1, 500) == (1.0, 0.0)
+    assert outer_recipe(2, 30) == (0.71, 0.7)
+    assert outer_recipe(4, 30) == (1.0, 0.7)
+    assert outer_recipe(8, 100) == (1.0, 0.7)
+    assert outer_recipe(2, 15) == (round(1.0 + (0.5 * 2**0.5 - 1.0) * 0.5, 2), 0.35)

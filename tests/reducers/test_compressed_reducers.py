@@ -105,11 +105,11 @@ def test_lowrank_sends_fewer_bytes_than_the_int8_ring_and_reports_rank(reduced) 
     assert lowrank["compression_bytes_sent"] < int8["compression_bytes_sent"]
 
 
-def test_adaptive_reducer_picks_the_energy_rank_and_reports_it(reduced) -> None:
-    # Every matrix has rank 2, so 90% of the energy needs at most rank 2 (the configured maximum is 4).
+def test_adaptive_reducer_sends_fp32_until_it_knows_the_link_and_reports_its_plan(reduced) -> None:
+    # No emulated link and nothing measured yet: the planner's first round is synchronous and uncompressed.
     metrics = reduced[0]["adaptive"][1]
-    assert metrics["compression_rank"] <= 2
-    assert {"compression_bits", "compressed_bytes", "compression_budget_bytes"} <= set(metrics)
+    assert (metrics["plan_mode"], metrics["plan_kind"], metrics["compression_bits"]) == ("sync", "none", 32)
+    assert {"compressed_bytes", "comm_predicted_s", "comm_measured_s", "plan_inner_steps"} <= set(metrics)
 
 
 def test_a_non_finite_update_is_left_out_with_a_warning(caplog) -> None:

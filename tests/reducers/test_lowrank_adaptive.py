@@ -1,5 +1,7 @@
-"""Low-rank all-reduce exactness, error-feedback residuals and their checkpointing, and the adaptive plan."""
+"""Low-rank all-reduce exactness (one rank, or one per matrix), error-feedback residuals and their
+checkpointing, and the link-aware reducer executing each kind of plan."""
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from farsync.collectives.lowrank_allreduce import LowRankAllReduce
 from farsync.comm.communicator import Communicator
 from farsync.comm.cost import LinkModel
-from farsync.compress import make_codec
+from farsync.compress import factor_codec, lowrank_message_bytes, make_codec
 from farsync.config import CompressionConfig
 from farsync.reducers.adaptive_lowrank import AdaptiveLowRankReducer
 from farsync.reducers.compressed import GatherReducer, RingReducer
@@ -69,7 +71,86 @@ def test_residuals_are_saved_and_restored_through_state_dict(make: str) -> None:
     assert torch.equal(out_first["w"], out_second["w"])
 
 
-class FakeComm:
+def test_each_matrix_uses_its_own_rank_and_the_message_counts_them() -> None:
+    # Prepare: "a" (40 x 25) has rank 3 on every worker, "b" (30 x 20) rank 1; ranks 3 and 1 are exact.
+    basis_a = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    basis_b = torch.randn(30, 1, generator=torch.Generator().manual_seed(1))
+
+    def named(rank: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(20 + rank)
+        return {
+            "a": basis_a @ torch.randn(3, 25, generator=generator),
+            "b": basis_b @ torch.randn(1, 20, generator=generator),
+            "bias": torch.randn(5, generator=generator),
+        }
+
+    def on_rank(
+        rank: int, world: int, group: object, store: object
+    ) -> tuple[dict[str, torch.Tensor], object]:
+        engine = LowRankAllReduce(Communicator(group, rank, world), rank=8, bits=32, error_feedback=False)  # type: ignore[arg-type]
+        return engine.reduce(named(rank), rank={"a": 3, "b": 1}), engine.last
+
+    # Execute
+    results = run_ranks(on_rank, 2, prefix="cc-lowrank-per-matrix")
+    # Assert
+    out, last = results[0]
+    for name in ("a", "b", "bias"):
+        exact = (named(0)[name] + named(1)[name]) / 2
+        assert torch.allclose(out[name], exact, atol=1e-4, rtol=1e-4)
+    assert last.ranks == {"a": 3, "b": 1} and last.rank == 3  # type: ignore[attr-defined]
+    # P: 40 x 3 + 30 x 1, Q: 25 x 3 + 20 x 1, in fp32; the bias in fp32; the weight.
+    assert last.message_bytes == 4 * (150 + 95) + 4 * 5 + 4  # type: ignore[attr-defined]
+    shapes = [torch.Size([40, 25]), torch.Size([30, 20]), torch.Size([5])]
+    assert lowrank_message_bytes(shapes, [3, 1, 0], factor_codec(32)) + 4 == last.message_bytes  # type: ignore[attr-defined]
+
+
+def _update(rank: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(30 + rank)
+    return {"w": torch.randn(64, 64, generator=generator), "b": torch.randn(64, generator=generator)}
+
+
+def _reduce_on_link(bandwidth_bps: float) -> list[tuple[dict[str, torch.Tensor], dict[str, object]]]:
+    """Two workers on an emulated link (virtual clock), a 10 ms window: each plans and reduces once."""
+    from farsync.comm.clock import Clock
+
+    def on_rank(rank: int, world: int, group: object, store: object) -> tuple[dict[str, torch.Tensor], dict]:
+        comm = Communicator(group, rank, world, clock=Clock("virtual"), link=LinkModel(bandwidth_bps))  # type: ignore[arg-type]
+        compression = CompressionConfig(
+            kind="lowrank", adaptive=True, error_feedback=True, energy_fraction=1.0
+        )
+        reducer = AdaptiveLowRankReducer(comm, compression, num_inner_steps=10)
+        reducer.step_s = 0.001
+        plan = reducer.plan(_update(rank))
+        out = reducer(_update(rank))
+        return out, {**reducer.metrics(), "planned_kind": plan.kind}
+
+    return run_ranks(on_rank, 2, prefix=f"cc-adaptive-{int(bandwidth_bps)}")
+
+
+@pytest.mark.parametrize(
+    ("bandwidth_bps", "kind", "bits", "tolerance"),
+    [(8e9, "none", 32, 1e-6), (4e6, "dense", 8, 0.05), (8e5, "lowrank", 4, None)],
+)
+def test_the_reducer_executes_the_plan_its_link_calls_for(
+    bandwidth_bps: float, kind: str, bits: int, tolerance: float | None
+) -> None:
+    # 2 workers, 4,160 values; a ring of S bytes takes 2 (n-1) S / (n b) = S / b; the window is 10 ms, of
+    # which an overlapped message may fill 9.
+    # 1 GB/s: fp32 (16,644 B) 17 us, under 5% of the window: sync, uncompressed. 500 kB/s: fp32 33 ms and
+    # fp16 (8,712 B) 17 ms do not fit, int8 (4,488 B) 9 ms does. 100 kB/s: int4 (2,376 B) 24 ms does not;
+    # the largest low-rank message that fits is rank 8 at 4 bits (836 B, 8.4 ms).
+    results = _reduce_on_link(bandwidth_bps)
+    (out, metrics), (other, _) = results
+    assert metrics["planned_kind"] == kind and metrics["plan_kind"] == kind
+    assert metrics["compression_bits"] == bits
+    assert all(torch.equal(out[n], other[n]) for n in out)  # every worker ran the same collective
+    exact = {n: (_update(0)[n] + _update(1)[n]) / 2 for n in out}
+    if tolerance is not None:
+        assert all(torch.allclose(out[n], exact[n], atol=tolerance) for n in out)
+    assert metrics["comm_measured_s"] > 0  # type: ignore[operator]
+
+
+class _FakeComm:
     """Four workers on a fake link; the agreement all-gather returns this worker's values for everyone."""
 
     def __init__(self, bandwidth_bps: float) -> None:
@@ -82,41 +163,15 @@ class FakeComm:
         return SimpleNamespace(wait=lambda: [tensor.clone() for _ in range(self.world_size)])
 
 
-def full_rank_update() -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(3)
-    return {
-        "a.weight": torch.randn(64, 64, generator=generator),
-        "b.weight": torch.randn(64, 32, generator=generator),
-    }
-
-
-def plan_for(time_budget_s: float | None, bandwidth_bps: float = 8e6) -> tuple[int, int, int]:
-    config = CompressionConfig(kind="lowrank", adaptive=True, rank=16, bits=16, energy_fraction=0.95)
-    reducer = AdaptiveLowRankReducer(FakeComm(bandwidth_bps), config)  # type: ignore[arg-type]
-    reducer.time_budget_s = time_budget_s
-    update = full_rank_update()
-    rank, bits, _ = reducer.plan(update)
-    return rank, bits, reducer.message_bytes([t.shape for t in update.values()], rank, bits)
-
-
-def test_adaptive_plan_uses_the_configured_maximum_when_the_budget_is_large() -> None:
-    # Random 64x64 matrices need nearly full rank for 95% energy, so the cap of 16 and 16 bits win.
-    assert plan_for(None)[:2] == (16, 16)
-    assert plan_for(100.0)[:2] == (16, 16)
-
-
-def test_adaptive_plan_shrinks_bits_then_rank_as_the_budget_shrinks() -> None:
-    budgets = [100.0, 0.01, 0.004, 0.001, 0.0001]
-    plans = [plan_for(b) for b in budgets]
-    sizes = [size for _, _, size in plans]
-    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]
-    assert plans[1][1] < 16  # narrower factors first
-    assert plans[-1][0] < 16 and plans[-1][1] == 4  # then a smaller rank at the narrowest width
-
-
-def test_adaptive_plan_fits_the_budget_on_the_link() -> None:
-    # 8 Mbit/s, 4 workers: a message of S bytes takes 2 * 3/4 * S / 1e6 s, so 0.01 s allows 6666 bytes.
-    _, _, size = plan_for(0.01)
-    assert size <= 0.01 * 1e6 * 4 / 6
-    _, _, slow_size = plan_for(0.01, bandwidth_bps=1e6)
-    assert slow_size < size
+def test_the_quality_floor_is_sent_counted_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: 8 kbit/s, a 10 ms window: no allowed message fits.
+    compression = CompressionConfig(kind="lowrank", adaptive=True, error_feedback=True, energy_fraction=1.0)
+    reducer = AdaptiveLowRankReducer(_FakeComm(8e3), compression, num_inner_steps=10)  # type: ignore[arg-type]
+    reducer.step_s = 0.001
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="farsync.reducers.adaptive_lowrank"):
+        plans = [reducer.plan(_update(0)) for _ in range(3)]
+    # Assert: the floor (4 bits, rank 1/8 of 64 = 8) three times, one warning.
+    assert all((p.kind, p.bits, p.ranks, p.fits) == ("lowrank", 4, (8, 0), False) for p in plans)
+    assert reducer.floor_rounds == 3
+    assert sum("quality floor" in r.getMessage() for r in caplog.records) == 1

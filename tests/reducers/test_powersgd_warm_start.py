@@ -39,8 +39,10 @@ def _worker_matrix(rank: int) -> torch.Tensor:
     return _mean_matrix() + (1 if rank == 0 else -1) * disagreement
 
 
-@pytest.mark.parametrize("adaptive", [False, True], ids=["lowrank", "adaptive"])
+@pytest.mark.parametrize("adaptive", [False], ids=["lowrank"])
 def test_each_round_improves_on_the_last_through_the_reused_q(adaptive: bool) -> None:
+    # (The adaptive reducer runs the same low-rank engine when its plan is low-rank; its plan depends on the
+    # link, see tests/reducers/test_lowrank_adaptive.py.)
     overrides = [
         "num_workers=2",
         "compression.kind=lowrank",

@@ -37,6 +37,7 @@ from farsync.algorithms.base import Algorithm
 from farsync.comm.communicator import Communicator
 from farsync.config import AlgorithmConfig
 from farsync.reducers.base import Reducer
+from farsync.reducers.budget import replaces_outer_momentum
 
 __all__ = ["DiLoCo", "OuterState"]
 
@@ -104,8 +105,11 @@ class DiLoCo(Algorithm):
         reducer: Reducer | None = None,
     ) -> None:
         super().__init__(model, optimizer, comm, reducer=reducer)
-        # Outer lr / momentum left to the rule follow this group's M and H (config.outer_recipe).
-        self.config = (config if config is not None else AlgorithmConfig()).with_outer_recipe(comm.world_size)
+        # Outer lr / momentum left to the rule follow this group's M and H (config.outer_recipe), or
+        # SparseLoCo's (1, 0) when the reducer's error-feedback buffer stands in for the outer momentum.
+        self.config = (config if config is not None else AlgorithmConfig()).with_outer_recipe(
+            comm.world_size, error_feedback_momentum=replaces_outer_momentum(self.reducer)
+        )
         self.outer = self._make_outer_state()
         self.steps_in_round = 0
 

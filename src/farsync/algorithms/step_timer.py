@@ -7,7 +7,9 @@ message inside that window only if it knows how long the window is: ``steps x in
 The algorithm sees the user's loop only through optimizer hooks, so the timer measures the real time
 between consecutive ``after_inner_step`` calls and is restarted after the algorithm's own synchronisation
 work, which must not count as compute. The estimate is the median of the recent intervals: the mean would
-be dragged up by the occasional evaluation the loop runs between two steps.
+be dragged up by the occasional evaluation the loop runs between two steps. A clock that models compute
+(``network.step_time_s``) is the answer itself: the window is then sized on the modelled step, as the run's
+emulated time is.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import statistics
 import time
 from collections import deque
 
+from farsync.comm.clock import Clock
+
 __all__ = ["InnerStepTimer"]
 
 
 class InnerStepTimer:
     """Real seconds between inner steps (median of the last ``window`` intervals)."""
 
-    def __init__(self, window: int = 64) -> None:
+    def __init__(self, clock: Clock | None = None, window: int = 64) -> None:
         if window < 1:
             raise ValueError(f"window={window}: must be >= 1")
+        self._modelled = clock.step_time_s if clock is not None and clock.models_compute else None
         self._last: float | None = None
         self._intervals: deque[float] = deque(maxlen=window)
 
@@ -41,6 +46,8 @@ class InnerStepTimer:
 
     def step_s(self) -> float | None:
         """Estimated compute seconds of one inner step; ``None`` before two steps were seen."""
+        if self._modelled is not None:
+            return self._modelled
         if not self._intervals:
             return None
         return float(statistics.median(self._intervals))

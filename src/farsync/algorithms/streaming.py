@@ -102,7 +102,7 @@ class StreamingDiLoCo(DiLoCo):
         self.offsets = fragment_offsets(cfg.num_inner_steps, cfg.num_fragments)
         self.background = BackgroundSync(comm.clock, comm.ledger)
         self.in_flight: list[FragmentSync] = []
-        self.timer = InnerStepTimer()
+        self.timer = InnerStepTimer(comm.clock)
         self.sync_lane = comm.emulator.lane()  # one fragment sync on the link at a time
         self.fragment_syncs = 0
         self.time_budget_s: float | None = None

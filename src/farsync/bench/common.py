@@ -7,6 +7,7 @@ a benchmark runs end to end and writes its tables. Its numbers mean nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from farsync.config import config_to_toml, load_config
+from farsync.config import RunConfig, load_config
 from farsync.launch.local import launch
 
-__all__ = ["SMOKE_ENV", "markdown_table", "run_cached", "smoke", "versus_ddp", "write_results"]
+__all__ = ["SMOKE_ENV", "config_digest", "markdown_table", "run_cached", "smoke", "versus_ddp", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,26 @@ SMOKE_ENV = "FARSYNC_BENCH_SMOKE"
 def smoke() -> bool:
     """True when ``FARSYNC_BENCH_SMOKE=1``: benchmarks run at smoke-test size (module docstring)."""
     return os.environ.get(SMOKE_ENV, "") == "1"
+
+
+def config_digest(config: RunConfig) -> str:
+    """What identifies a run for the cache: the settings that differ from the defaults.
+
+    A field added to the config later (with a default that keeps old behaviour) leaves every digest as it
+    was, so a cached run is not redone because the code grew an option; changing a setting, or a default a
+    run relies on, changes it.
+    """
+    default = RunConfig()
+    changed = []
+    for section in dataclasses.fields(config):
+        value, base = getattr(config, section.name), getattr(default, section.name)
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                if getattr(value, f.name) != getattr(base, f.name):
+                    changed.append(f"{section.name}.{f.name}={getattr(value, f.name)!r}")
+        elif value != base:
+            changed.append(f"{section.name}={value!r}")
+    return hashlib.sha256("\n".join(sorted(changed)).encode()).hexdigest()[:16]
 
 
 def run_cached(
@@ -43,8 +64,7 @@ def run_cached(
     config = load_config(None, overrides)
     if smoke():
         mode = "threads"  # spawning interpreters would cost a smoke test more than the runs themselves
-    text = config_to_toml(config)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = config_digest(config)
     out = runs_dir / name
     summary_path, digest_path = out / "summary.json", out / "config.sha"
     if summary_path.is_file() and digest_path.is_file() and digest_path.read_text() == digest:

@@ -16,7 +16,7 @@ dimensions (biases, norms) and the weights travel uncompressed in one fp32 all-r
 
 On the wire: the one low-rank message layout of :mod:`farsync.compress.lowrank` (the P factors of all
 matrices form one vector and the Q factors another, each in :func:`~farsync.compress.factor_codec` at
-``bits``: 32 fp32, 16 block-scaled fp16, 8 or 4 blockwise absmax codes), each vector summed by
+``bits``: 32 fp32, 16 block-scaled fp16, 8, 4 or 2 blockwise absmax codes), each vector summed by
 :func:`~farsync.collectives.quantized_ring.quantized_ring_all_reduce`. Per round a worker's message is
 :func:`~farsync.compress.lowrank_message_bytes` plus 4 bytes for the weight, of which the ring sends about
 ``2 (n-1)/n``. Every worker decodes the same messages, so all workers end with bitwise-identical
@@ -26,15 +26,17 @@ Error feedback (optional, per worker, saved in ``state_dict``): the residual is 
 lost to the projection, ``M_i - P P^T M_i`` (its own share of ``P Q'^T``), as in PowerSGD. Quantization of
 the factors on the wire is not fed back.
 
-Changing the rank between rounds (the adaptive reducer does) keeps the first columns of the stored Q and
-fills new columns from :func:`~farsync.compress.initial_q` (:class:`~farsync.compress.WarmStart`).
+Ranks: one for every matrix, or one per matrix name (the link-aware planner gives each matrix a rank
+relative to its own size); each matrix uses ``min(its rank, rows, cols)``. Changing a rank between rounds
+(the planner does) keeps the first columns of the stored Q and fills new columns from
+:func:`~farsync.compress.initial_q` (:class:`~farsync.compress.WarmStart`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -62,11 +64,13 @@ class LowRankRound:
     """What one call of :meth:`LowRankAllReduce.reduce` sent."""
 
     rank: int
-    """Requested rank (each matrix uses ``min(rank, rows, cols)``)."""
+    """Largest rank any matrix used (each matrix uses ``min(its requested rank, rows, cols)``)."""
     bits: int
     """Width of P and Q on the wire."""
     message_bytes: int
     """Encoded size of this worker's whole message (P, Q, 1-D tensors and weight)."""
+    ranks: Mapping[str, int] = field(default_factory=dict)
+    """The rank each matrix used, by name."""
 
 
 class LowRankAllReduce:
@@ -113,11 +117,18 @@ class LowRankAllReduce:
         named: dict[str, torch.Tensor],
         weight: float = 1.0,
         *,
-        rank: int | None = None,
+        rank: int | Mapping[str, int] | None = None,
         bits: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Weighted mean of every worker's ``named`` at ``rank``/``bits`` (defaults: the constructor's)."""
-        rank = self.rank if rank is None else rank
+        """Weighted mean of every worker's ``named`` at ``rank``/``bits`` (defaults: the constructor's).
+
+        ``rank`` is one rank for every matrix or one per matrix name (a name it lacks uses the constructor's
+        rank); each matrix uses ``min(its rank, rows, cols)``. Every worker must pass the same ranks.
+        """
+        per_name = dict(rank) if isinstance(rank, Mapping) else {}
+        default_rank = rank if isinstance(rank, int) else self.rank
+        if any(r < 1 for r in [default_rank, *per_name.values()]):
+            raise ValueError(f"ranks must be >= 1, got {rank}")
         bits = self.bits if bits is None else bits
         codec = factor_codec(bits, self.block_size)
         corrected = self.residuals.corrected(named) if self.residuals is not None else _as_float(named)
@@ -125,8 +136,9 @@ class LowRankAllReduce:
         dense_names = [n for n in corrected if n not in matrices]
         device = next(iter(corrected.values())).device if corrected else torch.device("cpu")
 
+        ranks = {n: per_name.get(n, default_rank) for n in corrected}
         queries = {
-            n: self.warm_q(n, m.shape[1], effective_rank(m.shape[0], m.shape[1], rank)).to(m.device)
+            n: self.warm_q(n, m.shape[1], effective_rank(m.shape[0], m.shape[1], ranks[n])).to(m.device)
             for n, m in matrices.items()
         }
         p_local = _cat([(m @ queries[n]) * weight for n, m in matrices.items()], device)
@@ -162,8 +174,13 @@ class LowRankAllReduce:
                     name, corrected[name] if weight <= 0 else torch.zeros_like(corrected[name])
                 )
         # The one low-rank message layout (farsync.compress.lowrank), plus the weight's 4 bytes.
-        message = lowrank_message_bytes([t.shape for t in corrected.values()], rank, codec) + 4
-        self.last = LowRankRound(rank=rank, bits=bits, message_bytes=message)
+        message = (
+            lowrank_message_bytes([t.shape for t in corrected.values()], list(ranks.values()), codec) + 4
+        )
+        used = {n: q.shape[1] for n, q in queries.items()}
+        self.last = LowRankRound(
+            rank=max(used.values(), default=default_rank), bits=bits, message_bytes=message, ranks=used
+        )
         return {name: out[name] for name in named}
 
     def _ring(self, vector: torch.Tensor, codec: WireCodec) -> torch.Tensor:

@@ -6,21 +6,24 @@ One stack, used by every collective that compresses:
   ``uint8`` message of exactly :meth:`~WireCodec.num_bytes` bytes and back), and a codec per value format;
 * :mod:`~farsync.compress.lowrank`: PowerSGD's factors and the one low-rank message layout;
 * :mod:`~farsync.compress.residuals`: the one error-feedback residual store;
-* :mod:`~farsync.compress.adaptive`: the one planner of rank and factor width (DiLoCoX);
-* :mod:`~farsync.compress.kinds`: the compression kinds and the codec each puts on the wire.
+* :mod:`~farsync.compress.adaptive`: the one link-aware planner of a round's mode, compression and H (DiLoCoX);
+* :mod:`~farsync.compress.kinds`: the compression kinds and the codec each puts on the wire;
+* :mod:`~farsync.compress.sparseloco` and :mod:`~farsync.compress.chunking`: SparseLoCo's per-tensor message
+  (chunked top-k, optionally of DCT-II coefficients, 2-bit values, packed offsets).
 
 The numeric kernels (blockwise quantization, the INTELLECT-1 lookup table, top-k counts) are exported
 alongside.
 """
 
 from farsync.compress.adaptive import (
-    CompressionPlan,
+    PlanInputs,
+    PlannerPolicy,
+    RoundPlan,
     energy_rank,
-    estimate_lowrank_bytes,
-    fit_rank_and_bits,
-    max_energy_rank,
-    plan_compression,
+    energy_ranks,
+    plan_round,
 )
+from farsync.compress.chunking import ChunkLayout, chunk_layout, dct_basis
 from farsync.compress.codecs import (
     CODEC_KINDS,
     Bf16Codec,
@@ -35,7 +38,7 @@ from farsync.compress.codecs import (
     make_codec,
 )
 from farsync.compress.intellect import uint8_lookup_decode, uint8_lookup_encode
-from farsync.compress.kinds import KINDS, wire_codec
+from farsync.compress.kinds import KINDS, SPARSE_KINDS, sparse_codec, wire_codec
 from farsync.compress.lowrank import (
     FACTOR_BITS,
     LowRankCodec,
@@ -50,51 +53,63 @@ from farsync.compress.lowrank import (
 )
 from farsync.compress.quantize import (
     dequantize_blockwise,
+    pack_int2,
     pack_int4,
     quantize_blockwise,
     quantized_num_bytes,
+    unpack_int2,
     unpack_int4,
 )
 from farsync.compress.residuals import Residuals
+from farsync.compress.sparseloco import SparseLoCoCodec, quantize_statistical
 from farsync.compress.topk import topk_count
 
 __all__ = [
     "CODEC_KINDS",
     "FACTOR_BITS",
     "KINDS",
+    "SPARSE_KINDS",
     "Bf16Codec",
+    "ChunkLayout",
     "BlockwiseCodec",
-    "CompressionPlan",
     "Fp32Codec",
     "LowRankCodec",
+    "PlanInputs",
+    "PlannerPolicy",
     "Residuals",
+    "RoundPlan",
     "ScaledHalfCodec",
+    "SparseLoCoCodec",
     "TopKCodec",
     "Uint8LookupCodec",
     "WarmStart",
     "WireCodec",
     "as_bytes",
+    "chunk_layout",
+    "dct_basis",
     "dequantize_blockwise",
     "effective_rank",
     "energy_rank",
-    "estimate_lowrank_bytes",
+    "energy_ranks",
     "factor_codec",
-    "fit_rank_and_bits",
     "from_bytes",
     "initial_q",
     "lowrank_message_bytes",
     "lowrank_sizes",
     "make_codec",
     "matrix_view",
-    "max_energy_rank",
     "orthogonalize",
+    "pack_int2",
     "pack_int4",
-    "plan_compression",
+    "plan_round",
     "quantize_blockwise",
+    "quantize_statistical",
     "quantized_num_bytes",
+    "sparse_codec",
     "topk_count",
     "uint8_lookup_decode",
     "uint8_lookup_encode",
+    "unpack_int2",
     "unpack_int4",
     "wire_codec",
 ]

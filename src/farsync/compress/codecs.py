@@ -12,13 +12,14 @@ codec             layout of a message of ``n`` values, ``b`` blocks       bytes
 ``fp32``          values float32[n]                                      ``4n``
 ``int8``          scales float32[b], codes int8[n]                       ``4b + n``
 ``int4``          scales float32[b], codes uint8[ceil(n/2)] (2 per byte) ``4b + ceil(n/2)``
+``int2``          scales float32[b], codes uint8[ceil(n/4)] (4 per byte) ``4b + ceil(n/4)``
 ``fp16``          scales float32[b], values/scale float16[n]             ``4b + 2n``
 ``bf16``          values bfloat16[n]                                     ``2n``
 ``uint8_lookup``  table float32[256], codes uint8[n]                     ``1024 + n``
 ``topk``          values float32[k], indices int32[k], k = topk_count    ``8k``
 ================  =====================================================  ==========================
 
-``int8``/``int4`` are the blockwise absmax codes of :mod:`farsync.compress.quantize` (Dettmers et al. 2022,
+``int8``/``int4``/``int2`` are the blockwise absmax codes of :mod:`farsync.compress.quantize` (Dettmers et al. 2022,
 arXiv 2110.02861); ``uint8_lookup`` is the INTELLECT-1 scheme of :mod:`farsync.compress.intellect`
 (Jaghouar et al. 2024, arXiv 2412.01152); ``topk`` is top-k sparsification (Aji and Heafield 2017, arXiv
 1704.05021), see :mod:`farsync.compress.topk`.
@@ -145,7 +146,7 @@ class Fp32Codec(WireCodec):
 
 
 class BlockwiseCodec(WireCodec):
-    """Blockwise absmax int8 or int4 codes with one float32 scale per block."""
+    """Blockwise absmax int8, int4 or int2 (ternary) codes with one float32 scale per block."""
 
     def __init__(self, bits: int, block_size: int = 64) -> None:
         quantized_num_bytes(0, bits, block_size)  # validates bits and block_size with a clear error
@@ -262,14 +263,14 @@ class TopKCodec(WireCodec):
         return dense
 
 
-CODEC_KINDS = ("fp32", "fp16", "bf16", "int8", "int4", "uint8_lookup", "topk")
+CODEC_KINDS = ("fp32", "fp16", "bf16", "int8", "int4", "int2", "uint8_lookup", "topk")
 
 
 def make_codec(kind: str, block_size: int = 64, *, topk_fraction: float = 0.01) -> WireCodec:
-    """The codec ``kind`` (one of :data:`CODEC_KINDS`); ``block_size`` applies to int8, int4 and fp16."""
+    """The codec ``kind`` (one of :data:`CODEC_KINDS`); ``block_size`` applies to int8, int4, int2 and fp16."""
     if kind == "fp32":
         return Fp32Codec()
-    if kind in ("int8", "int4"):
+    if kind in ("int8", "int4", "int2"):
         return BlockwiseCodec(int(kind[3:]), block_size)
     if kind == "fp16":
         return ScaledHalfCodec(block_size)

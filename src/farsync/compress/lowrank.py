@@ -13,7 +13,7 @@ from the same Q.
 
 **The message** (one layout, whoever sends it): for a dict of tensors, the P factors of all matrices in
 order form one vector and the Q factors another, each encoded by the factor codec
-(:func:`factor_codec`: ``bits`` 32 fp32, 16 block-scaled fp16, 8 or 4 blockwise absmax); tensors with
+(:func:`factor_codec`: ``bits`` 32 fp32, 16 block-scaled fp16, 8, 4 or 2 blockwise absmax); tensors with
 ``ndim < 2`` (biases, norms) or no elements travel as fp32. So a message of rank ``r`` at ``bits`` has
 :func:`lowrank_message_bytes` bytes. The collective low-rank all-reduce
 (:mod:`farsync.collectives.lowrank_allreduce`) sends exactly these P and Q vectors, summed over workers in
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,11 +44,12 @@ __all__ = [
     "lowrank_sizes",
     "matrix_view",
     "orthogonalize",
+    "Ranks",
 ]
 
-FACTOR_BITS = (32, 16, 8, 4)
+FACTOR_BITS = (32, 16, 8, 4, 2)
 """Widths the P and Q factors can travel at."""
-_FACTOR_CODECS = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4"}
+_FACTOR_CODECS = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
 
 
 def matrix_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -90,21 +91,30 @@ def _is_matrix(shape: torch.Size) -> bool:
     return len(shape) >= 2 and math.prod(shape) > 0
 
 
-def lowrank_sizes(shapes: Iterable[torch.Size], rank: int) -> tuple[int, int, int]:
-    """``(P values, Q values, fp32 values)`` of one message for tensors of ``shapes`` at ``rank``."""
+Ranks = int | Sequence[int]
+"""One rank for every matrix, or one per tensor of ``shapes`` (in order; entries of non-matrices unused)."""
+
+
+def lowrank_sizes(shapes: Iterable[torch.Size], rank: Ranks) -> tuple[int, int, int]:
+    """``(P values, Q values, fp32 values)`` of one message for tensors of ``shapes`` at ``rank``
+    (one rank, or one per tensor; each matrix uses ``min(its rank, rows, cols)``)."""
+    shapes = list(shapes)
+    ranks = [rank] * len(shapes) if isinstance(rank, int) else list(rank)
+    if len(ranks) != len(shapes):
+        raise ValueError(f"got {len(ranks)} ranks for {len(shapes)} tensors")
     p_numel = q_numel = dense = 0
-    for shape in shapes:
+    for shape, wanted in zip(shapes, ranks, strict=True):
         numel = math.prod(shape)
         if not _is_matrix(shape):
             dense += numel
             continue
         rows, cols = shape[0], numel // shape[0]
-        r = effective_rank(rows, cols, rank)
+        r = effective_rank(rows, cols, wanted)
         p_numel, q_numel = p_numel + rows * r, q_numel + cols * r
     return p_numel, q_numel, dense
 
 
-def lowrank_message_bytes(shapes: Iterable[torch.Size], rank: int, codec: WireCodec) -> int:
+def lowrank_message_bytes(shapes: Iterable[torch.Size], rank: Ranks, codec: WireCodec) -> int:
     """Exact bytes of one low-rank message (module docstring) with factors in ``codec``."""
     p_numel, q_numel, dense = lowrank_sizes(shapes, rank)
     return codec.num_bytes(p_numel) + codec.num_bytes(q_numel) + 4 * dense

@@ -121,9 +121,11 @@ class ElasticMember:
         # The algorithm sees a world-size-1 communicator here, so an outer lr / momentum left to the rule is
         # resolved for the configured number of slots now (config.outer_recipe), as a plain run resolves it
         # for its group; a quorum that shrinks for a while keeps the recipe of the full run.
-        config = dataclasses.replace(config, algorithm=config.algorithm.with_outer_recipe(config.num_workers))
+        sparse = config.compression.kind in ("sparseloco", "sparseloco_dct")  # the buffer replaces momentum
+        recipe = config.algorithm.with_outer_recipe(config.num_workers, error_feedback_momentum=sparse)
+        config = dataclasses.replace(config, algorithm=recipe)
         self.config, self.ctx, self.client = config, ctx, client
-        clock = Clock(config.network.emulation)
+        clock = Clock(config.network.emulation, step_time_s=config.network.step_time_s)
         ledger = ByteLedger(rank=ctx.rank)
         # No fixed group: the elastic reducer builds one per quorum over this communicator's ledger and clock.
         local = Communicator(None, 0, 1, ledger=ledger, clock=clock, link=None)

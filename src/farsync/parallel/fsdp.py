@@ -287,7 +287,7 @@ class ShardedWorker:
 
     def parts(self) -> LoopParts:
         """The loop's parts: the sharded task, this shard's sync communicator, the sharded step and hooks."""
-        clock = Clock(self.config.network.emulation)
+        clock = Clock(self.config.network.emulation, step_time_s=self.config.network.step_time_s)
         ledger = ByteLedger(rank=self.ctx.rank)
         return LoopParts(
             task=self.build_task(),

@@ -99,7 +99,7 @@ class PipelineStage:
         self.config, self.ctx = config, ctx
         self.mesh = Mesh.for_world(ctx.world_size, config.parallel.num_stages)
         self.replica, self.stage = self.mesh.coordinate(ctx.rank)
-        self.clock = Clock(config.network.emulation)
+        self.clock = Clock(config.network.emulation, step_time_s=config.network.step_time_s)
         self.ledger = ByteLedger(rank=ctx.rank)
         self.task, self.model = self._build_stage()
         self.pipe_comm, self.sync_comm = self._build_communicators()

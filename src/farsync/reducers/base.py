@@ -41,6 +41,10 @@ def unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, 
 class Reducer(ABC):
     """Averages named updates across the communicator's group. Blocking; algorithms overlap it in a thread."""
 
+    replaces_outer_momentum: bool = False
+    """True when the reducer keeps a per-worker error-feedback buffer that stands in for the outer momentum
+    (SparseLoCo): the outer recipe then defaults to plain SGD without momentum (``AlgorithmConfig.with_outer_recipe``)."""
+
     def __init__(self, comm: Communicator) -> None:
         self.comm = comm
 

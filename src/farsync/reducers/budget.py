@@ -4,7 +4,8 @@ Adaptive compressed reducers (DiLoCoX) expose a settable ``time_budget_s``: the 
 synchronisation may take on the link without making compute wait. They also report per-round choices
 (rank, bits) through ``metrics()``. Reducers are layered (robust over compressed, privacy over robust), so
 both helpers look through a chain of wrappers that keep the wrapped reducer in ``inner``. A reducer with
-neither attribute (the fp32 :class:`~farsync.reducers.base.MeanReducer`) is left alone.
+neither attribute (the fp32 :class:`~farsync.reducers.base.MeanReducer`) is left alone. The same walk tells an
+algorithm whether some reducer of the chain stands in for the outer momentum (SparseLoCo).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from farsync.reducers.base import Reducer
 
-__all__ = ["reducer_chain", "reducer_metrics", "set_time_budget"]
+__all__ = ["reducer_chain", "reducer_metrics", "replaces_outer_momentum", "set_time_budget"]
 
 _MAX_DEPTH = 8
 
@@ -48,3 +49,9 @@ def reducer_metrics(reducer: Reducer) -> dict[str, Any]:
             if isinstance(values, dict):
                 merged.update(values)
     return merged
+
+
+def replaces_outer_momentum(reducer: Reducer) -> bool:
+    """True when a reducer of the chain keeps an error-feedback buffer that stands in for the outer momentum
+    (:attr:`~farsync.reducers.base.Reducer.replaces_outer_momentum`, SparseLoCo)."""
+    return any(getattr(node, "replaces_outer_momentum", False) for node in reducer_chain(reducer))

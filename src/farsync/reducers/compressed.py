@@ -12,6 +12,8 @@ fp16, bf16           :class:`RingReducer` with the block-scaled fp16 / bf16 code
 uint8_lookup, topk   :class:`GatherReducer`: all-gather of encoded messages      ``(n-1) x`` message
 lowrank              :class:`LowRankReducer`: PowerSGD P/Q all-reduce, factors   ``~2(n-1)/n x`` P, Q, 1-D
                      at ``compression.bits`` (16: fp16, 8/4: blockwise)
+sparseloco(_dct)     :class:`~farsync.reducers.sparseloco.SparseLoCoReducer`:    ``(n-1) x`` message
+                     chunked top-k, 2-bit values, decaying error feedback
 adaptive = true      :class:`~farsync.reducers.adaptive_lowrank.AdaptiveLowRankReducer` (DiLoCoX)
 ===================  ==========================================================  =============================
 
@@ -295,6 +297,17 @@ def build_compressed_reducer(
     if kind == "none":
         logger.info("compression.kind = 'none': nothing to compress, keeping %s", type(inner).__name__)
         return inner
+    if kind in ("sparseloco", "sparseloco_dct"):
+        from farsync.reducers.sparseloco import SparseLoCoReducer
+
+        return SparseLoCoReducer(
+            comm,
+            fraction=compression.topk_fraction,
+            chunk_size=compression.chunk_size,
+            error_decay=compression.error_decay,
+            transform="dct" if kind == "sparseloco_dct" else "none",
+            inner=inner,
+        )
     if kind == "lowrank":
         return LowRankReducer(
             comm,

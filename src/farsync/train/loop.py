@@ -207,7 +207,11 @@ class TrainingLoop:
     def __init__(self, config: RunConfig, ctx: WorkerContext, parts: LoopParts | None = None) -> None:
         parts = parts if parts is not None else LoopParts()
         self.config, self.ctx = config, ctx
-        self.clock = parts.clock if parts.clock is not None else Clock(config.network.emulation)
+        self.clock = (
+            parts.clock
+            if parts.clock is not None
+            else Clock(config.network.emulation, step_time_s=config.network.step_time_s)
+        )
         self.ledger = parts.ledger if parts.ledger is not None else ByteLedger(rank=ctx.rank)
         if parts.comm is not None and parts.comm.ledger is not self.ledger:
             raise ValueError("LoopParts.comm must charge LoopParts.ledger: pass the ledger it was built with")
@@ -314,6 +318,9 @@ class TrainingLoop:
         inputs, targets = next(self.task.batches)
         inputs, targets = inputs.to(self.ctx.device), targets.to(self.ctx.device)
         begin, blocked = self.clock.now(), self.ledger.blocked_s()
+        # Modelled compute (network.step_time_s) is charged before the step function, which may end the
+        # round and start its synchronisation: the sync must leave after the step's compute, as in real time.
+        self.clock.add_compute()
         loss = self.step_fn(self, inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
