@@ -19,7 +19,15 @@ from typing import Any, Literal
 from farsync.config import RunConfig, load_config
 from farsync.launch.local import launch
 
-__all__ = ["SMOKE_ENV", "config_digest", "markdown_table", "run_cached", "smoke", "versus_ddp", "write_results"]
+__all__ = [
+    "SMOKE_ENV",
+    "config_digest",
+    "markdown_table",
+    "run_cached",
+    "smoke",
+    "versus_ddp",
+    "write_results",
+]
 
 logger = logging.getLogger(__name__)
 
