@@ -82,6 +82,10 @@ class RolloutChannel(Protocol):
         """Up to ``max_n`` messages, waiting up to ``timeout_s`` for the first; ``[]`` when none came."""
         ...
 
+    def pending(self) -> int:
+        """Messages pushed and not yet pulled (approximate across processes); workers throttle on it."""
+        ...
+
 
 class InProcessWeights:
     """A :class:`WeightPublisher` and :class:`WeightSource` in one process (threads, tests).
@@ -127,6 +131,9 @@ class InProcessRolloutChannel:
             self._queue.put(bytes(message), timeout=timeout_s)
         except queue.Full:
             raise ChannelFull(f"rollout channel full for {timeout_s:.1f}s") from None
+
+    def pending(self) -> int:
+        return self._queue.qsize()
 
     def pull(self, max_n: int, timeout_s: float) -> list[bytes]:
         messages: list[bytes] = []
