@@ -880,6 +880,9 @@ class RLConfig:
     """Learning rate of the warm-start."""
     sft_batch_size: int = 32
     """Problems per warm-start step."""
+    sft_stop_at_pass: float = 0.0
+    """Stop the warm-start early once greedy pass@1 on a validation set (training-stream problems, never
+    the held-out ones), checked every 25 steps, reaches this (0: run all num_sft_steps)."""
     num_steps: int = 150
     """GRPO trainer steps (each publishes a new policy version)."""
     num_groups_per_step: int = 8
@@ -929,6 +932,9 @@ class RLConfig:
         ):
             _check(getattr(self, key) >= 1, f"rl.{key}", getattr(self, key), "must be >= 1")
         _check(self.num_sft_steps >= 0, "rl.num_sft_steps", self.num_sft_steps, "must be >= 0")
+        _check(
+            0 <= self.sft_stop_at_pass <= 1, "rl.sft_stop_at_pass", self.sft_stop_at_pass, "must be in [0, 1]"
+        )
         _check(
             self.group_size >= 2, "rl.group_size", self.group_size, "must be >= 2 (advantages are relative)"
         )

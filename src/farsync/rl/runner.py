@@ -226,14 +226,24 @@ class _RLRun:
         return score
 
     def warm_start(self) -> None:
-        steps = self.config.rl.num_sft_steps
-        before = self.evaluate("before_sft") if steps else None
-        loss = self.sft.run(steps)
+        rl = self.config.rl
+        before = self.evaluate("before_sft") if rl.num_sft_steps else None
+        validation = self.task.validation() if rl.sft_stop_at_pass > 0 else []
+        validation_pass = None
+        while self.sft.num_steps < rl.num_sft_steps:
+            self.sft.run(min(25, rl.num_sft_steps - self.sft.num_steps))
+            if validation:
+                validation_pass = pass_at_1(
+                    self.model, validation, self.reward, self.tokenizer, max_new_tokens=rl.max_new_tokens
+                )
+                if validation_pass >= rl.sft_stop_at_pass:
+                    break
         after = self.evaluate("after_sft")
         self.state["sft"] = {
-            "num_steps": steps,
+            "num_steps": self.sft.num_steps,
             "wall_s": self.sft.wall_s,
-            "final_loss": loss if steps else None,
+            "final_loss": self.sft.last_loss if self.sft.num_steps else None,
+            "validation_pass_at_1": validation_pass,
             "pass_at_1_before": before,
             "pass_at_1_after": after,
         }

@@ -43,6 +43,7 @@ RewardFn = Callable[[str, str], float]
 """A reward function: ``(prompt text, completion text) -> reward``."""
 
 _LETTERS = "abcdefgh"
+_VALIDATION_OFFSET = 2 * 10**9
 
 
 class CharTokenizer:
@@ -155,6 +156,10 @@ class Task:
             if prompt not in self._heldout_prompts:
                 return Problem(f"{self.name}/train/{index}", prompt, answer)
         raise RuntimeError(f"task {self.name}: the held-out set covers the whole problem space")
+
+    def validation(self, num_problems: int = 200) -> list[Problem]:
+        """Training-stream problems set aside for model selection (the held-out set is never used for it)."""
+        return [self.train_problem(_VALIDATION_OFFSET + i) for i in range(num_problems)]
 
     def problem(self, task_id: str) -> Problem | None:
         """The problem with ``task_id``, or ``None`` if it does not name one of this task's problems."""
