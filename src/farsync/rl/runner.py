@@ -70,6 +70,7 @@ def worker_settings(config: RunConfig) -> list[WorkerSettings]:
             num_workers=rl.num_rollout_workers,
             task=rl.task,
             task_seed=config.seed,
+            num_heldout=rl.num_heldout,
             model_shape=model_shape(config),
             mode=rl.mode,
             groups_per_version=max(1, rl.num_groups_per_step // rl.num_rollout_workers),
@@ -308,12 +309,14 @@ def run_rl(
     prover: Prover | None = None,
     resume: bool = False,
     progress: bool = False,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Runs RL post-training as ``config`` says, in ``out_dir``; returns the summary (also summary.json).
 
     ``reward`` is a Python reward function ``(prompt, completion) -> float`` (overrides ``rl.reward``);
     ``verifier`` checks rollouts on the trainer and ``prover`` fingerprints them on thread workers
-    (:mod:`farsync.rl.proofs`). Raises :class:`~farsync.config.ConfigError` on a bad setting and
+    (:mod:`farsync.rl.proofs`). ``initial_state`` starts RL from those policy weights (a state dict of the
+    configured GPT) instead of the warm-start. Raises :class:`~farsync.config.ConfigError` on a bad setting and
     :class:`RLStalled` when rollouts stop arriving.
     """
     config.validate()
@@ -329,7 +332,10 @@ def run_rl(
         if resume and (run_dir / "checkpoint" / "state.json").is_file():
             run.state = _load_checkpoint(run_dir, run.trainer)
         else:
-            run.warm_start()
+            if initial_state is not None:
+                run.model.load_state_dict(initial_state)
+            else:
+                run.warm_start()
             run.evaluate("rl_start")
         return _train_with_workers(run, reward, verifier, prover, progress)
     finally:
@@ -369,6 +375,9 @@ def _train_with_workers(
         run.train(pool, intake, progress)
     finally:
         pool.stop()
+        for transient in ("weights", "rollouts"):
+            shutil.rmtree(run.run_dir / transient, ignore_errors=True)
+        (run.run_dir / "stop").unlink(missing_ok=True)
     summary = _summary(run, intake, pool)
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -55,6 +55,8 @@ class WorkerSettings:
     """Task name (:data:`farsync.rl.tasks.TASKS`)."""
     task_seed: int
     """Seed of the task's problems."""
+    num_heldout: int
+    """Size of the task's held-out set (training problems avoid it, so it must match the trainer's)."""
     model_shape: dict[str, int]
     """Keyword arguments of :func:`farsync.rl.policy.build_policy`."""
     mode: Literal["sync", "async"]
@@ -97,7 +99,7 @@ def _group_seed(seed: int, worker_id: str, counter: int) -> int:
 class _Sampler:
     def __init__(self, settings: WorkerSettings, reward: RewardFn | None, prover: Prover) -> None:
         self.settings, self.prover = settings, prover
-        self.task = make_task(settings.task, seed=settings.task_seed)
+        self.task = make_task(settings.task, seed=settings.task_seed, num_heldout=settings.num_heldout)
         if reward is None:
             reward = load_reward(settings.reward_spec) if settings.reward_spec else self.task.reward
         self.reward = reward
