@@ -72,6 +72,20 @@ def test_roundtrip_is_bit_exact_and_satisfies_the_interfaces(tmp_path: Path) -> 
         publisher.publish(3, _state())
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_a_version_is_a_snapshot_taken_at_publish(tmp_path: Path, background: bool) -> None:
+    publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096, background=background)
+    source = RelaySource(DirectoryRelay(tmp_path / "relay"), None, "w0")
+    for version in range(3):
+        state = _state(version)
+        publisher.publish(version, state)
+        state["embed.weight"].add_(1.0)  # the next training step, while the version may still be written
+    publisher.close()
+    version, fetched = source.fetch_latest(timeout_s=5.0)
+    assert version == 2 and _equal(fetched, _state(2))
+    assert publisher.published_versions() == [2]
+
+
 def test_manifest_and_pointer_are_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written: list[str] = []
     original = broadcast.write_atomically
@@ -143,11 +157,13 @@ def test_corruption_in_transit_is_refetched(tmp_path: Path) -> None:
     assert source.stats.num_corrupt_rejected == sum(relay.corrupted.values())
 
 
-def test_resume_fetches_only_the_missing_shards(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_resume_fetches_only_the_missing_shards(tmp_path: Path, on_disk: bool) -> None:
     publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096)
     publisher.publish(0, _state())
     relay = BreakingRelay(DirectoryRelay(tmp_path / "relay"), num_good_reads=2)
-    source = RelaySource(relay, tmp_path / "cache", "w0", num_threads=1, num_retries=0)
+    cache = tmp_path / "cache" if on_disk else None
+    source = RelaySource(relay, cache, "w0", num_threads=1, num_retries=0)
     with pytest.raises(BroadcastFailed, match="connection to the relay lost"):
         source.fetch_latest(timeout_s=5.0)
     first = list(relay.shard_reads)
