@@ -31,7 +31,7 @@ from farsync.rl.broadcast import BroadcastFailed, RelayPublisher, RelaySource, v
 from farsync.rl.broadcast_faults import CorruptingRelay
 from farsync.rl.broadcast_relay import DirectoryRelay
 
-__all__ = ["corruption_run", "example_policy", "step_fraction"]
+__all__ = ["corruption_run", "example_policy", "markdown", "run", "step_fraction"]
 
 
 def example_policy() -> GPT:
@@ -198,3 +198,43 @@ def corruption_run(
         "corrupt_rejected": sum(s.stats.num_corrupt_rejected for s in sources),
         "cpu_s": time.process_time() - start,
     }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Both measurements at the benchmark's size (``quick``: 100 broadcasts instead of 1,000)."""
+    return {
+        "step": step_fraction(num_steps=10 if quick else 30),
+        "corruption": corruption_run(num_versions=100 if quick else 1000),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results section of :func:`run` (CPU seconds; wall-clock figures depend on the machine's load)."""
+    step, corruption = result["step"], result["corruption"]
+    link = ", ".join(f"{k}: {v:.1%}" for k, v in step["link_time_fraction"].items())
+    return "\n".join(
+        [
+            "### Weight broadcast",
+            "",
+            f"Policy of the example: {step['num_parameters']:,} parameters, {step['version_bytes']:,} bytes per "
+            f"version in {step['num_shards']} shard(s). One training step (batch of 64): "
+            f"{step['train_step_cpu_s'] * 1e3:.1f} ms CPU.",
+            "",
+            "| per version | CPU ms | share of a step |",
+            "|---|---|---|",
+            f"| publish, synchronous | {step['publish_cpu_s'] * 1e3:.2f} | {step['publish_fraction']:.1%} |",
+            f"| publish, background: trainer's wait (wall) | {step['background_publish_wait_s'] * 1e3:.2f} | "
+            f"{step['background_wait_fraction']:.1%} |",
+            f"| publish, background: trainer thread's CPU | {step['background_publish_trainer_cpu_s'] * 1e3:.2f} | "
+            f"{step['background_trainer_cpu_fraction']:.1%} |",
+            f"| fetch (one consumer) | {step['fetch_cpu_s'] * 1e3:.2f} | {step['fetch_fraction']:.1%} |",
+            "",
+            f"Modeled link time of one version, as a share of a step: {link}.",
+            "",
+            f"Corruption: {corruption['num_versions']} versions to {corruption['num_consumers']} consumers; "
+            f"{corruption['corrupted_in_transit']} of {corruption['shard_reads']} shard reads corrupted in transit, "
+            f"{corruption['damaged_at_rest']} versions damaged on the relay; {corruption['corrupt_rejected']} corrupt "
+            f"shards rejected, {corruption['loaded']} versions loaded, {corruption['failed_fetches']} fetches failed "
+            f"safely (old version kept); **corrupted tensors loaded: {corruption['corrupted_tensors_loaded']}**.",
+        ]
+    )

@@ -33,7 +33,18 @@ from farsync.rl.verify import TopkProver, TopkVerifier, recompute, sample_group_
 from farsync.rl.verify_fingerprint import build_fingerprint, compare_fingerprint, parse_fingerprint
 from farsync.rl.verify_sampling import check_sampling, rollout_seed
 
-__all__ = ["calibrate", "detection", "make_policy", "proof_overhead", "sample_rollouts", "tamper"]
+__all__ = [
+    "calibrate",
+    "detection",
+    "make_policy",
+    "markdown",
+    "perturbed_copy",
+    "proof_overhead",
+    "rollouts_from_samples",
+    "run",
+    "sample_rollouts",
+    "tamper",
+]
 
 VOCAB, END_ID = 44, 0
 
@@ -100,24 +111,39 @@ def sample_rollouts(
             end_id=END_ID,
             precision=precision,
         )
-        for rollout_seed_value, (ids, logprobs, proof) in zip(seeds, outputs, strict=True):
-            rollouts.append(
-                Rollout(
-                    task_id=f"bench/{group}",
-                    group_id=f"g{seed}-{group}",
-                    group_size=group_size,
-                    prompt_ids=prompt,
-                    completion_ids=tuple(ids),
-                    sampling_logprobs=tuple(logprobs),
-                    reward=0.0,
-                    policy_version=0,
-                    worker_id=worker_id,
-                    seed=rollout_seed_value,
-                    temperature=temperature,
-                    fingerprint=proof,
-                )
-            )
+        rollouts += rollouts_from_samples(
+            prompt, seeds, outputs, temperature=temperature, worker_id=worker_id, group_id=f"g{seed}-{group}"
+        )
     return rollouts
+
+
+def rollouts_from_samples(
+    prompt: tuple[int, ...],
+    seeds: list[int],
+    samples: list[tuple[list[int], list[float], bytes]],
+    *,
+    temperature: float,
+    worker_id: str,
+    group_id: str = "g0",
+) -> list[Rollout]:
+    """:class:`~farsync.rl.messages.Rollout` records of one group from :func:`sample_group_with_proofs`."""
+    return [
+        Rollout(
+            task_id=f"bench/{group_id}",
+            group_id=group_id,
+            group_size=len(samples),
+            prompt_ids=prompt,
+            completion_ids=tuple(ids),
+            sampling_logprobs=tuple(logprobs),
+            reward=0.0,
+            policy_version=0,
+            worker_id=worker_id,
+            seed=seed,
+            temperature=temperature,
+            fingerprint=proof,
+        )
+        for seed, (ids, logprobs, proof) in zip(seeds, samples, strict=True)
+    ]
 
 
 def calibrate(
@@ -165,6 +191,17 @@ def calibrate(
                 worst["logprob"] = max(worst["logprob"], check.worst_logprob_error)
         results[name] = worst
     return results
+
+
+def perturbed_copy(model: nn.Module, relative: float, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with Gaussian noise of ``relative`` times each parameter's std added."""
+    copied = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in copied.parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.add_(noise * relative * parameter.std().clamp_min(1e-3))
+    return copied
 
 
 def tamper(rollout: Rollout, kind: str, model: nn.Module, impostor: nn.Module) -> Rollout:
@@ -224,7 +261,8 @@ def tamper(rollout: Rollout, kind: str, model: nn.Module, impostor: nn.Module) -
 def detection(
     model: nn.Module, impostor: nn.Module, *, num_groups: int = 25, group_size: int = 4
 ) -> dict[str, Any]:
-    """False positives over honest rollouts of every worker variant, false negatives per tampering kind.
+    """False positives over honest rollouts of every worker variant, false negatives per tampering kind, and
+    how many rollouts of a 1%-perturbed copy of ``model`` pass when claimed as float32 or as bfloat16.
 
     A tampered rollout identical to its honest original (the lie changed nothing, e.g. the same tokens at
     another temperature) is not counted: there is nothing to catch.
@@ -233,8 +271,9 @@ def detection(
     honest_total: Counter[str] = Counter()
     for name, (worker, precision) in worker_variants(model).items():
         verifier = TopkVerifier(num_strikes=10**9)
+        # seed 11: other rollouts than the calibration's (seed 0)
         for rollout in sample_rollouts(
-            worker, precision, num_groups=num_groups, group_size=group_size, temperature=1.0
+            worker, precision, num_groups=num_groups, group_size=group_size, temperature=1.0, seed=11
         ):
             honest_total[name] += 1
             false_positive[name] += not verifier.verify(rollout, model).accepted
@@ -253,7 +292,20 @@ def detection(
                 continue
             tampered_total[kind] += 1
             false_negative[kind] += verifier.verify(lie, model).accepted
+    perturbed_total: Counter[str] = Counter()
+    perturbed_accepted: Counter[str] = Counter()
+    perturbed = perturbed_copy(model, 0.01)
+    for precision in ("float32", "bfloat16"):
+        verifier = TopkVerifier(num_strikes=10**9)
+        for rollout in sample_rollouts(
+            perturbed, precision, num_groups=num_groups, group_size=group_size, temperature=1.0, seed=13
+        ):
+            if rollout.completion_ids:
+                perturbed_total[precision] += 1
+                perturbed_accepted[precision] += verifier.verify(rollout, model).accepted
     return {
+        "perturbed_1pct_claimed_as": dict(perturbed_total),
+        "perturbed_1pct_accepted": dict(perturbed_accepted),
         "honest": dict(honest_total),
         "false_positives": dict(false_positive),
         "tampered": dict(tampered_total),
@@ -336,3 +388,48 @@ def proof_overhead(
         "separate_prover_share": median["separate"] / median["with_proofs"],
         "total_overhead_vs_plain": median["with_proofs"] / median["plain"] - 1.0,
     }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Calibration, detection and proof overhead at the benchmark's size (``quick``: fewer rollouts)."""
+    model, impostor = make_policy(0), make_policy(1)
+    groups = 10 if quick else 40
+    return {
+        "calibration": calibrate(model, num_groups=groups),
+        "detection": detection(model, impostor, num_groups=10 if quick else 50),
+        "overhead": proof_overhead(model, num_groups=5 if quick else 20),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results section of :func:`run`."""
+    lines = [
+        "### Rollout verification",
+        "",
+        "Honest deviation from a float32 verifier (worst over the calibration rollouts):",
+        "",
+        "| worker | max rel. error | mean rel. error | min rank ratio | Gumbel margin | log-prob error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, worst in result["calibration"].items():
+        lines.append(
+            f"| {name} | {worst['max_rel_error']:.4f} | {worst['mean_rel_error']:.4f} | "
+            f"{worst['min_rank_ratio']:.4f} | {worst['margin']:.4f} | {worst['logprob']:.4f} |"
+        )
+    detected, overhead = result["detection"], result["overhead"]
+    honest = ", ".join(f"{k}: {detected['false_positives'][k]}/{n}" for k, n in detected["honest"].items())
+    lies = ", ".join(f"{k}: {detected['false_negatives'][k]}/{n}" for k, n in detected["tampered"].items())
+    perturbed = ", ".join(
+        f"as {k}: {detected['perturbed_1pct_accepted'][k]}/{n}"
+        for k, n in detected["perturbed_1pct_claimed_as"].items()
+    )
+    lines += [
+        "",
+        f"False positives (honest rejected): {honest}. False negatives (tampered accepted): {lies}. "
+        f"Rollouts of a 1%-perturbed model accepted: {perturbed}.",
+        "",
+        f"Proof overhead: fingerprints {overhead['fingerprint_share']:.2%} of generation; generation with proofs "
+        f"(replayable sampling included) {overhead['total_overhead_vs_plain']:+.1%} CPU against a plain multinomial "
+        f"sampler; a separate proving forward pass per rollout would cost {overhead['separate_prover_share']:.1%}.",
+    ]
+    return "\n".join(lines)

@@ -88,7 +88,15 @@ def proof_positions(num_prompt: int, num_completion: int) -> slice:
 
 
 def _final_norm(model: nn.Module, module_name: str | None) -> nn.Module:
-    names = [module_name] if module_name else ["head.norm", "model.norm", "transformer.ln_f"]
+    # farsync's GPT; a transformers model (Llama-like, GPT-2-like), bare or wrapped in farsync's HFCausalLM
+    candidates = [
+        "head.norm",
+        "model.norm",
+        "transformer.ln_f",
+        "hf_model.model.norm",
+        "hf_model.transformer.ln_f",
+    ]
+    names = [module_name] if module_name else candidates
     for name in names:
         try:
             return model.get_submodule(name)
