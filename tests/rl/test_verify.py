@@ -285,3 +285,35 @@ def test_a_perturbed_copy_of_the_model_is_caught_in_float32(model: torch.nn.Modu
     )
     verifier = TopkVerifier(num_strikes=100)
     assert not any(verifier.verify(r, model).accepted for r in rollouts if r.completion_ids)
+
+
+def test_without_replay_a_multinomial_sampler_passes_on_its_log_probabilities(model: torch.nn.Module) -> None:
+    prompt = (3, 4, 5, 6, 7, 8, 9, 10)
+    generator = torch.Generator().manual_seed(0)
+    tokens, logprobs = list(prompt), []
+    with torch.no_grad():
+        for _ in range(12):
+            log_dist = torch.log_softmax(model(torch.tensor([tokens]))[0, -1] / 0.8, dim=-1)
+            token = int(torch.multinomial(log_dist.exp(), 1, generator=generator))
+            tokens.append(token)
+            logprobs.append(float(log_dist[token]))
+    completion = tuple(tokens[len(prompt) :])
+    rollout = Rollout(
+        task_id="t/0",
+        group_id="g",
+        group_size=1,
+        prompt_ids=prompt,
+        completion_ids=completion,
+        sampling_logprobs=tuple(logprobs),
+        reward=0.0,
+        policy_version=0,
+        worker_id="w",
+        seed=0,
+        temperature=0.8,
+        fingerprint=TopkProver().prove(model, prompt, completion),
+    )
+    assert TopkVerifier(replay_sampling=False).verify(rollout, model).accepted
+    verdict = TopkVerifier().verify(rollout, model)
+    assert not verdict.accepted and "seed and temperature" in verdict.reason
+    at_other_temperature = replace(rollout, temperature=1.0)
+    assert not TopkVerifier(replay_sampling=False).verify(at_other_temperature, model).accepted

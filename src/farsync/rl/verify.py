@@ -25,6 +25,7 @@ float32) with a margin; ``benchmarks/results/rl.md`` records the measurement.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -152,6 +153,11 @@ class TopkVerifier:
         tolerances: per worker precision; defaults to :data:`DEFAULT_TOLERANCES`.
         num_strikes: failed checks after which a worker is excluded.
         module_name: the model's final norm, if not found by name (see ``capture_final_hidden``).
+        replay_sampling: check that each token is what the rollout's seed draws (the worker must sample with
+            :func:`sample_group_with_proofs` / :func:`~farsync.rl.verify_sampling.sample_tokens`). ``False``
+            for workers with another sampler (``torch.multinomial``): only the sampling log-probabilities are
+            checked against the claimed temperature, so a worker that samples at another temperature and
+            restates the log-probabilities, or that picks its tokens, is no longer caught.
 
     ``excluded`` maps excluded workers to the reason; ``counts`` counts verdicts by kind.
     """
@@ -164,12 +170,14 @@ class TopkVerifier:
         tolerances: dict[str, Tolerance] | None = None,
         num_strikes: int = 1,
         module_name: str | None = None,
+        replay_sampling: bool = True,
     ) -> None:
         if not 0.0 < check_fraction <= 1.0 or num_strikes < 1:
             raise ValueError(
                 f"check_fraction must be in (0, 1] and num_strikes >= 1, got {check_fraction}, {num_strikes}"
             )
         self.check_fraction, self.num_strikes, self.module_name = check_fraction, num_strikes, module_name
+        self.replay_sampling = replay_sampling
         self.tolerances = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
         self._rng = random.Random(seed)
         self.strikes: Counter[str] = Counter()
@@ -217,7 +225,7 @@ class TopkVerifier:
             rollout.sampling_logprobs,
             rollout.temperature,
             rollout.seed,
-            max_margin=tolerance.max_margin,
+            max_margin=tolerance.max_margin if self.replay_sampling else math.inf,
             max_logprob_error=tolerance.max_logprob_error,
         )
         return check.reason
