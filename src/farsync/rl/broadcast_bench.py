@@ -162,7 +162,10 @@ def corruption_run(
             CorruptingRelay(DirectoryRelay(relay_dir), p_corrupt, seed=seed + i) for i in range(num_consumers)
         ]
         sources = [
-            RelaySource(relay, Path(root) / f"cache{i}", f"c{i}", num_retries=num_retries)
+            # even consumers keep verified shards on disk, odd ones in memory
+            RelaySource(
+                relay, Path(root) / f"cache{i}" if i % 2 == 0 else None, f"c{i}", num_retries=num_retries
+            )
             for i, relay in enumerate(relays)
         ]
         for version in range(num_versions):

@@ -258,6 +258,18 @@ def tamper(rollout: Rollout, kind: str, model: nn.Module, impostor: nn.Module) -
     )
 
 
+def _draws(model: nn.Module, rollout: Rollout) -> tuple[int, ...]:
+    ((ids, _, _),) = sample_group_with_proofs(
+        model,
+        rollout.prompt_ids,
+        seeds=[rollout.seed],
+        max_new_tokens=len(rollout.completion_ids),
+        temperature=rollout.temperature,
+        end_id=END_ID,
+    )
+    return tuple(ids)
+
+
 def detection(
     model: nn.Module, impostor: nn.Module, *, num_groups: int = 25, group_size: int = 4
 ) -> dict[str, Any]:
@@ -265,7 +277,8 @@ def detection(
     how many rollouts of a 1%-perturbed copy of ``model`` pass when claimed as float32 or as bfloat16.
 
     A tampered rollout identical to its honest original (the lie changed nothing, e.g. the same tokens at
-    another temperature) is not counted: there is nothing to catch.
+    another temperature), or whose claimed seed really draws its tokens, is not counted: there is nothing to
+    catch.
     """
     false_positive: Counter[str] = Counter()
     honest_total: Counter[str] = Counter()
@@ -290,6 +303,8 @@ def detection(
             lie = tamper(rollout, kind, model, impostor)
             if lie.completion_ids == rollout.completion_ids and lie.seed == rollout.seed:
                 continue
+            if kind == "other_seed" and _draws(model, lie) == lie.completion_ids:
+                continue  # the claimed seed draws these very tokens: the claim is true
             tampered_total[kind] += 1
             false_negative[kind] += verifier.verify(lie, model).accepted
     perturbed_total: Counter[str] = Counter()
