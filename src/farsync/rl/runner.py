@@ -27,7 +27,6 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from farsync.config import RunConfig, config_to_toml
-from farsync.report.loggers import run_loggers
 from farsync.rl.grpo import LossConfig
 from farsync.rl.intake import RolloutIntake
 from farsync.rl.messages import RolloutLimits
@@ -108,6 +107,9 @@ class _Metrics:
     """metrics.jsonl plus the configured loggers."""
 
     def __init__(self, config: RunConfig, run_dir: Path) -> None:
+        # Imported here: farsync.report pulls in matplotlib, seconds that `import farsync` should not pay.
+        from farsync.report.loggers import run_loggers
+
         self.path = run_dir / "metrics.jsonl"
         self.loggers = run_loggers(config, run_dir)
 
