@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from farsync.rl.broadcast import BroadcastFailed, RelayPublisher, RelaySource, v
 from farsync.rl.broadcast_faults import BreakingRelay, CorruptingRelay
 from farsync.rl.broadcast_manifest import ManifestLimits, ManifestRejected, parse_manifest, plan_shards
 from farsync.rl.broadcast_relay import DirectoryRelay, HttpRelay, RelayServer, check_name
+from farsync.rl.broadcast_writer import LatestWinsWriter
 from farsync.rl.transport import WeightPublisher, WeightSource, WeightsUnavailable
 
 
@@ -342,3 +344,33 @@ def test_bytes_are_in_the_ledger_and_the_link_time_is_applied(tmp_path: Path) ->
     assert publisher_clock.offset == pytest.approx(upload, abs=0.5)
     assert source_clock.offset == pytest.approx(download, abs=0.5)
     assert received.blocked_s >= download
+
+
+def test_the_background_writer_skips_a_version_replaced_while_waiting() -> None:
+    started, release, written = threading.Event(), threading.Event(), []
+
+    def write(version: int, tensors: dict[str, torch.Tensor]) -> None:
+        started.set()
+        if version == 1:
+            release.wait(5.0)
+        written.append(version)
+
+    writer = LatestWinsWriter(write, timeout_s=5.0)
+    writer.submit(1, {})
+    assert started.wait(5.0)
+    writer.submit(2, {})
+    writer.submit(3, {})  # replaces 2, which was still waiting
+    release.set()
+    writer.close()
+    assert written == [1, 3] and writer.num_skipped == 1
+
+
+def test_a_failed_background_write_is_raised_by_the_next_call() -> None:
+    def write(version: int, tensors: dict[str, torch.Tensor]) -> None:
+        raise OSError("disk full")
+
+    writer = LatestWinsWriter(write, timeout_s=5.0)
+    writer.submit(0, {})
+    with pytest.raises(RuntimeError, match="disk full"):
+        writer.flush()
+    writer.close()

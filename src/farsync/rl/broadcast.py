@@ -61,6 +61,7 @@ from farsync.rl.broadcast_manifest import (
     plan_shards,
 )
 from farsync.rl.broadcast_relay import Relay, RelayError, RelayMissing, report_age_s, write_atomically
+from farsync.rl.broadcast_writer import LatestWinsWriter
 from farsync.rl.transport import WeightsUnavailable
 
 __all__ = ["BroadcastFailed", "FetchStats", "RelayPublisher", "RelaySource", "version_dir"]
@@ -95,9 +96,10 @@ class RelayPublisher:
         consumer_stale_s: a consumer whose last report is older than this no longer holds back deletion.
         link: the trainer's emulated link to the relay (``None``: nothing modeled).
         background: :meth:`publish` only snapshots the tensors and returns; a background thread writes the
-            version. The next ``publish`` first waits (up to ``timeout_s``) for the previous one to be written,
-            so at most one version is in flight; :meth:`flush` waits for it and re-raises its error.
-        timeout_s: the longest ``publish`` or :meth:`flush` waits for a background write.
+            version, the newest first (:class:`~farsync.rl.broadcast_writer.LatestWinsWriter`: a version
+            still waiting when a newer one comes is skipped). :meth:`flush` waits for the writes and re-raises
+            a failed one.
+        timeout_s: the longest :meth:`flush` waits for background writes.
 
     The tensors are copied when ``publish`` is called, so later training steps never change a version.
     """
@@ -120,8 +122,7 @@ class RelayPublisher:
         self.shard_bytes, self.num_keep, self.consumer_stale_s = shard_bytes, num_keep, consumer_stale_s
         self.link, self.timeout_s = link, timeout_s
         self.latest = max(self.published_versions(), default=-1)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") if background else None
-        self._in_flight: Future[None] | None = None
+        self._writer = LatestWinsWriter(self._write, timeout_s) if background else None
 
     def published_versions(self) -> list[int]:
         """Versions with a directory on the relay (complete or not), oldest first."""
@@ -139,20 +140,22 @@ class RelayPublisher:
         if self._writer is None:
             self._write(version, tensors)
             return
-        self.flush()
-        self._in_flight = self._writer.submit(self._write, version, tensors)
+        self._writer.submit(version, tensors)
+
+    @property
+    def num_skipped(self) -> int:
+        """Versions replaced by a newer one before the background writer got to them."""
+        return self._writer.num_skipped if self._writer is not None else 0
 
     def flush(self) -> None:
-        """Waits for the background write in flight (if any) and re-raises its error."""
-        if self._in_flight is not None:
-            in_flight, self._in_flight = self._in_flight, None
-            in_flight.result(timeout=self.timeout_s)
+        """Waits for the background writes (if any) and re-raises a failed one."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        """Finishes the background write in flight, then stops the writer thread."""
-        self.flush()
+        """Finishes the background writes, then stops the writer thread."""
         if self._writer is not None:
-            self._writer.shutdown(wait=True)
+            self._writer.close()
 
     def _write(self, version: int, tensors: dict[str, Tensor]) -> None:
         begin = self.link.clock.now() if self.link is not None else 0.0
