@@ -19,9 +19,13 @@ strictly), then the shards in parallel threads. A shard whose size or sha256 dif
 fetched again, at most ``num_retries`` more times; then the fetch fails with :class:`BroadcastFailed` (a
 :class:`~farsync.rl.transport.WeightsUnavailable`) and the consumer keeps the version it holds: a corrupted
 shard is never parsed, let alone loaded. A verified shard is kept (in memory, or in the consumer's cache
-directory to survive a restart), so a fetch broken off half-way resumes with the shards still missing. Only then are shards parsed
-(safetensors, never pickle) and each tensor checked against the manifest's name, dtype and shape. The
-consumer reports the version it holds to the relay (``consumers/<id>.json``).
+directory to survive a restart), so a fetch broken off half-way resumes with the shards still missing. Only
+when every shard is verified are they parsed (safetensors, never pickle) and each tensor checked against the
+manifest's name, dtype and shape. The consumer reports the version it holds to the relay
+(``consumers/<id>.json``).
+
+``RelayPublisher(background=True)`` copies the tensors and returns; a writer thread publishes the newest
+version (:mod:`farsync.rl.broadcast_writer`), so the trainer does not wait for the disk or the link.
 
 Bytes and time: with a :class:`~farsync.comm.link.LinkEmulator`, the publisher's upload is charged as a
 ``send`` of the version's bytes and each consumer's download as a ``recv`` of the bytes it fetched (retries
