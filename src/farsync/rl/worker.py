@@ -192,9 +192,16 @@ def run_worker(
     return report
 
 
-def worker_process(settings: dict[str, Any], run_dir: str, num_threads: int = 1) -> None:
+def worker_process(
+    settings: dict[str, Any],
+    run_dir: str,
+    reward: RewardFn | None = None,
+    prover: Prover | None = None,
+    num_threads: int = 1,
+) -> None:
     """Entry point of a worker process: weights and rollouts through ``run_dir``; stops when
-    ``run_dir/stop`` exists. Writes its :class:`WorkerReport` to ``run_dir/workers/<id>.json``."""
+    ``run_dir/stop`` exists. Writes its :class:`WorkerReport` to ``run_dir/workers/<id>.json``. ``reward``
+    and ``prover`` come from the parent that started it (its own objects, pickled by multiprocessing)."""
     import json
 
     torch.set_num_threads(num_threads)
@@ -203,7 +210,7 @@ def worker_process(settings: dict[str, Any], run_dir: str, num_threads: int = 1)
     weights = DirectoryWeights(root / "weights", reader_id=parsed.worker_id)
     channel = DirectoryRolloutChannel(root / "rollouts")
     stop_file = root / "stop"
-    report = run_worker(parsed, weights, channel, stop_file.exists)
+    report = run_worker(parsed, weights, channel, stop_file.exists, reward=reward, prover=prover)
     (root / "workers").mkdir(exist_ok=True)
     (root / "workers" / f"{parsed.worker_id}.json").write_text(json.dumps(asdict(report)))
 
