@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -374,3 +377,36 @@ def test_a_failed_background_write_is_raised_by_the_next_call() -> None:
     with pytest.raises(RuntimeError, match="disk full"):
         writer.flush()
     writer.close()
+
+
+_CONSUMER = """
+import hashlib, sys
+from farsync.rl.broadcast import RelaySource
+from farsync.rl.broadcast_relay import HttpRelay
+source = RelaySource(HttpRelay(sys.argv[1]), None, "process-worker")
+version, state = source.fetch_latest(timeout_s=30.0)
+digest = hashlib.sha256(b"".join(state[k].contiguous().view(-1).view(torch.uint8).numpy().tobytes() for k in sorted(state)))
+print(version, digest.hexdigest())
+"""
+
+
+def test_a_consumer_in_another_process_fetches_over_http(tmp_path: Path) -> None:
+    state = _state(5)
+    expected = hashlib.sha256(
+        b"".join(state[k].contiguous().view(-1).view(torch.uint8).numpy().tobytes() for k in sorted(state))
+    ).hexdigest()
+    publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096)
+    publisher.publish(4, state)
+    with RelayServer(tmp_path / "relay") as server:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        done = subprocess.run(
+            [sys.executable, "-c", "import torch\n" + _CONSUMER, server.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["4", expected]
+    assert publisher.consumer_versions() == {"process-worker": 4}
