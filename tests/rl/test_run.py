@@ -117,3 +117,17 @@ def test_process_worker_gets_the_prover_and_the_trainer_verifies(tmp_path: Path)
 def test_a_closure_reward_cannot_go_to_process_workers(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must pickle"):
         run_rl(_config(num_sft_steps=0, worker_backend="process"), tmp_path, reward=lambda p, c: 0.0)
+
+
+def _even_length(prompt: str, completion: str) -> float:
+    return float(len(completion) % 2 == 0)
+
+
+def test_offline_difficulty_filtering_keeps_problems_solved_sometimes(tmp_path: Path) -> None:
+    config = _config(mode="sync", num_sft_steps=0, num_steps=1, num_difficulty_problems=6)
+    summary = run_rl(config, tmp_path, reward=_even_length)
+    difficulty = summary["difficulty"]
+    assert difficulty["num_candidates"] == 6
+    assert difficulty["num_kept"] + difficulty["num_always_solved"] + difficulty["num_never_solved"] == 6
+    assert difficulty["num_kept"] >= 1
+    assert summary["num_steps"] == 1

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +48,8 @@ class WorkerSettings:
     worker_id: str
     """Unique name, carried in every rollout."""
     worker_index: int
-    """0-based index; the worker draws training problems ``index, index + num_workers, ...``."""
+    """0-based index; the worker draws training problems ``index, index + num_workers, ...`` (positions in
+    ``problem_indices`` when it is given)."""
     num_workers: int
     """Number of inference workers."""
     task: str
@@ -75,6 +76,8 @@ class WorkerSettings:
     """``async``: pause while the channel holds this many messages."""
     seed: int = 0
     """Base seed of the sampling generator."""
+    problem_indices: list[int] = field(default_factory=list)
+    """Training problems to draw from, in turn (empty: the whole training stream)."""
     reward_spec: str = ""
     """``"package.module:function"`` of a user reward for the claimed reward (empty: the task's own)."""
     wait_s: float = 1.0
@@ -110,7 +113,10 @@ class _Sampler:
 
     def group(self, version: int, counter: int) -> list[Rollout]:
         s = self.settings
-        problem = self.task.train_problem(s.worker_index + s.num_workers * counter)
+        position = s.worker_index + s.num_workers * counter
+        if s.problem_indices:
+            position = s.problem_indices[position % len(s.problem_indices)]
+        problem = self.task.train_problem(position)
         prompt_ids = self.tokenizer.encode(problem.prompt)
         seed = _group_seed(s.seed, s.worker_id, counter)
         self.generator.manual_seed(seed)
