@@ -65,7 +65,8 @@ def step_fraction(
     alone; training with a synchronous publish and one consumer's fetch after each step; training with a
     background publish (the trainer only snapshots the tensors). Reported: CPU seconds of a step, of a
     synchronous publish and of a fetch; the trainer's wall-clock wait in ``publish`` in background mode, against
-    the wall-clock time of the steps of that loop (both stretch alike on a loaded machine); the
+    the wall-clock time of the steps of that loop (both stretch alike on a loaded machine), and the same wait
+    when the writer has finished the previous version; the
     step's CPU time while background writes run; the trainer thread's own CPU time in a background ``publish``
     (the snapshot); the modeled link time of a version at ``bandwidths_bps``.
     """
@@ -102,8 +103,14 @@ def step_fraction(
             background.publish(version, model.state_dict())
             blocked.append(time.perf_counter() - wall)
             trainer_cpu.append(time.thread_time() - cpu)
-        background.close()
         skipped = background.num_skipped
+        idle_writer = []
+        for version in range(num_steps, 2 * num_steps):
+            background.flush()  # the previous version is written: the writer thread is idle
+            wall = time.perf_counter()
+            background.publish(version, model.state_dict())
+            idle_writer.append(time.perf_counter() - wall)
+        background.close()
     step_s = _median(alone)
     link = {
         f"{bps / 1e6:g} Mbit/s": wire_time(Collective.SEND, version_bytes, 2, LinkModel(bps, 0.0)) / step_s
@@ -119,6 +126,7 @@ def step_fraction(
         "background_publish_wait_s": _median(blocked),
         "background_publish_trainer_cpu_s": _median(trainer_cpu),
         "background_versions_skipped": skipped,
+        "background_publish_wait_s_idle_writer": _median(idle_writer),
         "train_step_cpu_s_with_background_writes": _median(step_with_writer),
         "publish_fraction": _median(publish) / step_s,
         "fetch_fraction": _median(fetch) / step_s,
@@ -233,6 +241,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"| publish, synchronous | {step['publish_cpu_s'] * 1e3:.2f} | {step['publish_fraction']:.1%} |",
             f"| publish, background: trainer's wait (wall ms; share of a step's wall time) | "
             f"{step['background_publish_wait_s'] * 1e3:.2f} | {step['background_wait_fraction_of_step_wall']:.1%} |",
+            f"| publish, background, writer idle: trainer's wait (wall ms) | "
+            f"{step['background_publish_wait_s_idle_writer'] * 1e3:.2f} | "
+            f"{step['background_publish_wait_s_idle_writer'] / step['train_step_wall_s_with_background_writes']:.1%} |",
             f"| publish, background: trainer thread's CPU | {step['background_publish_trainer_cpu_s'] * 1e3:.2f} | "
             f"{step['background_trainer_cpu_fraction']:.1%} |",
             f"| fetch (one consumer) | {step['fetch_cpu_s'] * 1e3:.2f} | {step['fetch_fraction']:.1%} |",
