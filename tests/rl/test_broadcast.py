@@ -410,3 +410,14 @@ def test_a_consumer_in_another_process_fetches_over_http(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["4", expected]
     assert publisher.consumer_versions() == {"process-worker": 4}
+
+
+def test_a_background_publish_leaves_the_link_time_off_the_trainer(tmp_path: Path) -> None:
+    clock, ledger = Clock("virtual"), ByteLedger(rank=0)
+    link = LinkEmulator(LinkModel(bandwidth_bps=80e3, latency_s=0.05), clock, ledger, "weights", group_size=2)
+    publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096, link=link, background=True)
+    publisher.publish(0, _state())
+    publisher.close()
+    sent = ledger.entries[("weights", "send")]
+    assert sent.calls == 1 and sent.bytes_sent > 16_000 and sent.modeled_s > 1.0  # about 2 s at 10 kB/s
+    assert clock.offset == 0.0 and sent.blocked_s == 0.0  # the writer thread waited, not the trainer
