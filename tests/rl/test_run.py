@@ -131,3 +131,21 @@ def test_offline_difficulty_filtering_keeps_problems_solved_sometimes(tmp_path: 
     assert difficulty["num_kept"] + difficulty["num_always_solved"] + difficulty["num_never_solved"] == 6
     assert difficulty["num_kept"] >= 1
     assert summary["num_steps"] == 1
+
+
+def test_a_hugging_face_policy_trains_too(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    config = _config(mode="sync", num_sft_steps=5, num_steps=1)
+    config.model.kind = "hf"
+    config.model.architecture = "llama"
+    summary = run_rl(config, tmp_path)
+    assert summary["num_steps"] == 1 and summary["intake"]["rejected"] == {}
+
+
+def test_a_checkpoint_directory_is_refused_for_rl(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    config = _config()
+    config.model.kind, config.model.hf_path = "hf", str(tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match="model.hf_path"):
+        run_rl(config, tmp_path / "run")

@@ -48,14 +48,21 @@ class RLStalled(TimeoutError):
     """No batch of usable rollouts arrived within ``rl.rollout_timeout_s``."""
 
 
-def model_shape(config: RunConfig) -> dict[str, int]:
-    """The GPT size of ``[model]`` with the task tokenizer's vocabulary."""
+def model_shape(config: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`farsync.rl.policy.build_policy` for ``[model]``, with the task
+    tokenizer's vocabulary."""
+    model = config.model
     return {
-        "num_layers": config.model.num_layers,
-        "width": config.model.width,
-        "num_heads": config.model.num_heads,
-        "context_length": config.model.context_length,
+        "kind": model.kind,
+        "architecture": model.architecture,
+        "num_layers": model.num_layers,
+        "width": model.width,
+        "num_heads": model.num_heads,
+        "context_length": model.context_length,
         "vocab_size": CharTokenizer().vocab_size,
+        "num_kv_heads": model.num_kv_heads,
+        "intermediate_size": model.intermediate_size,
+        "tie_embeddings": model.tie_embeddings,
     }
 
 
@@ -91,6 +98,13 @@ def worker_settings(config: RunConfig, problem_indices: list[int] | None = None)
 def _check_fits(config: RunConfig, task: Task) -> None:
     from farsync.config import ConfigError
 
+    if config.model.kind not in ("gpt", "hf") or config.model.hf_path:
+        raise ConfigError(
+            "model.kind" if config.model.kind not in ("gpt", "hf") else "model.hf_path",
+            config.model.hf_path or config.model.kind,
+            "RL trains a causal LM over the task's 44-character vocabulary: model.kind = 'gpt', or 'hf' built "
+            "from the size keys (a checkpoint directory brings its own tokenizer, which the tasks do not use)",
+        )
     needed = task.max_prompt_chars() + config.rl.max_new_tokens
     if needed > config.model.context_length:
         raise ConfigError(

@@ -58,7 +58,7 @@ class WorkerSettings:
     """Seed of the task's problems."""
     num_heldout: int
     """Size of the task's held-out set (training problems avoid it, so it must match the trainer's)."""
-    model_shape: dict[str, int]
+    model_shape: dict[str, Any]
     """Keyword arguments of :func:`farsync.rl.policy.build_policy`."""
     mode: Literal["sync", "async"]
     """Echo's sync (wait for each version) or async (bounded staleness) mode."""
