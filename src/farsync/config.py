@@ -916,6 +916,9 @@ class RLConfig:
     """async: a rollout more than this many versions old is dropped and counted (sync uses 0)."""
     num_rollout_workers: int = 2
     """Inference workers."""
+    num_trainers: int = 1
+    """GRPO trainers (threads, one gloo group) that split every batch and average gradients with DDP; each
+    pulls its own share of the groups."""
     worker_slowdowns: list[float] = field(default_factory=list)
     """Per-worker speed handicap (>= 1, one per worker; empty: all 1): emulates slower hardware."""
     worker_backend: Literal["process", "thread"] = "process"
@@ -931,6 +934,7 @@ class RLConfig:
             "num_steps",
             "num_groups_per_step",
             "num_rollout_workers",
+            "num_trainers",
             "eval_every",
             "sft_batch_size",
             "max_new_tokens",
@@ -986,11 +990,18 @@ class RLConfig:
             "every value must be >= 1 (1 = full speed)",
         )
         _check(
-            self.mode == "async" or self.num_groups_per_step % self.num_rollout_workers == 0,
+            self.num_groups_per_step % self.num_trainers == 0,
             "rl.num_groups_per_step",
             self.num_groups_per_step,
-            f"sync mode splits a batch evenly: must be a multiple of rl.num_rollout_workers "
-            f"({self.num_rollout_workers})",
+            f"must be a multiple of rl.num_trainers ({self.num_trainers}): each trainer takes an equal share",
+        )
+        _check(
+            self.mode == "async"
+            or self.num_groups_per_step % (self.num_rollout_workers * self.num_trainers) == 0,
+            "rl.num_groups_per_step",
+            self.num_groups_per_step,
+            f"sync mode splits a batch evenly over workers and trainers: must be a multiple of "
+            f"rl.num_rollout_workers x rl.num_trainers ({self.num_rollout_workers * self.num_trainers})",
         )
 
 

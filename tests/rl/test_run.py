@@ -149,3 +149,19 @@ def test_a_checkpoint_directory_is_refused_for_rl(tmp_path: Path) -> None:
     config.model.kind, config.model.hf_path = "hf", str(tmp_path / "ckpt")
     with pytest.raises(ConfigError, match="model.hf_path"):
         run_rl(config, tmp_path / "run")
+
+
+def test_two_ddp_trainers_split_the_batch_and_stay_equal(tmp_path: Path) -> None:
+    config = _config(mode="sync", num_sft_steps=20, num_steps=3, num_groups_per_step=4, num_trainers=2)
+    summary = run_rl(config, tmp_path)
+    assert summary["trainers"] == {"num_trainers": 2, "weights_agree": True}
+    intake = summary["intake"]
+    assert intake["groups_used"] + intake["tied_groups"] == 3 * 4  # both trainers' shares counted
+    assert intake["rejected"] == {} and intake["dropped_stale"] == 0
+
+
+def test_trainers_must_divide_the_batch() -> None:
+    with pytest.raises(
+        ConfigError, match="rl.num_groups_per_step = 3: must be a multiple of rl.num_trainers"
+    ):
+        _config(num_groups_per_step=3, num_trainers=2, mode="async").validate()

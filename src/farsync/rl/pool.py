@@ -23,7 +23,7 @@ from farsync.rl.files import DirectoryRolloutChannel, DirectoryWeights
 from farsync.rl.proofs import Prover
 from farsync.rl.tasks import RewardFn
 from farsync.rl.transport import InProcessRolloutChannel, InProcessWeights, RolloutChannel
-from farsync.rl.worker import WorkerReport, WorkerSettings, run_worker, worker_process
+from farsync.rl.worker import WorkerReport, WorkerSettings, rollout_dirs, run_worker, worker_process
 
 __all__ = ["WorkerPool"]
 
@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerPool:
-    """Inference workers of one run (see the module doc); ``weights`` and ``channel`` are the trainer's ends."""
+    """Inference workers of one run (see the module doc); ``weights`` and ``channels`` (one per trainer) are
+    the trainers' ends."""
 
     def __init__(
         self,
@@ -48,13 +49,15 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._processes: list[Any] = []
         self.weights: InProcessWeights | DirectoryWeights
-        self.channel: RolloutChannel
+        num_trainers = settings[0].num_trainers if settings else 1
+        self.channels: list[RolloutChannel]
         if backend == "thread":
-            self.weights, self.channel = InProcessWeights(), InProcessRolloutChannel()
+            self.weights = InProcessWeights()
+            self.channels = [InProcessRolloutChannel() for _ in range(num_trainers)]
         else:
             (run_dir / "stop").unlink(missing_ok=True)
             self.weights = DirectoryWeights(run_dir / "weights")
-            self.channel = DirectoryRolloutChannel(run_dir / "rollouts")
+            self.channels = [DirectoryRolloutChannel(path) for path in rollout_dirs(run_dir, num_trainers)]
             for name, value in (("reward callable", reward), ("prover", prover)):
                 try:
                     pickle.dumps(value)
@@ -91,7 +94,7 @@ class WorkerPool:
             self.reports[settings.worker_id] = run_worker(
                 settings,
                 self.weights,
-                self.channel,
+                self.channels,
                 self._stop.is_set,
                 reward=self._reward,
                 prover=self._prover,

@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ from farsync.rl.messages import RolloutLimits
 from farsync.rl.policy import build_policy, pass_at_1
 from farsync.rl.pool import WorkerPool
 from farsync.rl.proofs import Prover, Verifier
+from farsync.rl.replicas import Replicas, attach_ddp
 from farsync.rl.sft import SupervisedTrainer
 from farsync.rl.tasks import CharTokenizer, RewardFn, Task, load_reward, make_task
 from farsync.rl.trainer import GRPOTrainer, StepReport
+from farsync.rl.transport import RolloutChannel
 from farsync.rl.worker import WorkerSettings
 
 __all__ = ["RLStalled", "model_shape", "run_rl", "worker_settings"]
@@ -79,6 +82,7 @@ def worker_settings(config: RunConfig, problem_indices: list[int] | None = None)
             task=rl.task,
             task_seed=config.seed,
             num_heldout=rl.num_heldout,
+            num_trainers=rl.num_trainers,
             model_shape=model_shape(config),
             mode=rl.mode,
             groups_per_version=max(1, rl.num_groups_per_step // rl.num_rollout_workers),
@@ -160,7 +164,12 @@ def _load_checkpoint(run_dir: Path, trainer: GRPOTrainer) -> dict[str, Any]:
 
 
 def _collect(
-    intake: RolloutIntake, pool: WorkerPool, version: int, num_groups: int, timeout_s: float
+    intake: RolloutIntake,
+    pool: WorkerPool,
+    channel: RolloutChannel,
+    version: int,
+    num_groups: int,
+    timeout_s: float,
 ) -> None:
     """Pulls messages until ``num_groups`` complete fresh groups are ready; raises :class:`RLStalled`."""
     deadline = time.monotonic() + timeout_s
@@ -175,7 +184,7 @@ def _collect(
                 f"no batch of {num_groups} usable groups within {timeout_s:.0f}s at policy version {version} "
                 f"(intake: {intake.counters.as_dict()}; {pool.alive()} workers alive)"
             )
-        for message in pool.channel.pull(256, timeout_s=0.5):
+        for message in channel.pull(256, timeout_s=0.5):
             intake.add(message, version)
 
 
@@ -304,6 +313,7 @@ class _RLRun:
 
     def train(self, pool: WorkerPool, intake: RolloutIntake, progress: bool) -> None:
         rl = self.config.rl
+        groups_per_step = rl.num_groups_per_step // rl.num_trainers
         bar = tqdm(
             total=rl.num_steps,
             initial=self.state["step"],
@@ -315,9 +325,9 @@ class _RLRun:
         while self.state["step"] < rl.num_steps:
             version = self.trainer.version
             t0 = time.perf_counter()
-            _collect(intake, pool, version, rl.num_groups_per_step, rl.rollout_timeout_s)
+            _collect(intake, pool, pool.channels[0], version, groups_per_step, rl.rollout_timeout_s)
             t1 = time.perf_counter()
-            report = self.trainer.step(intake.take_groups(rl.num_groups_per_step, version))
+            report = self.trainer.step(intake.take_groups(groups_per_step, version))
             t2 = time.perf_counter()
             self.trainer.version += 1
             pool.weights.publish(self.trainer.version, self.model.state_dict())
@@ -395,6 +405,23 @@ def run_rl(
         metrics.close()
 
 
+def _replica_loop(
+    pool: WorkerPool, config: RunConfig, num_steps: int
+) -> Callable[[GRPOTrainer, RolloutIntake, RolloutChannel], None]:
+    """What a non-lead trainer runs: ``num_steps`` steps on its own share of each batch."""
+    rl = config.rl
+    groups_per_step = rl.num_groups_per_step // rl.num_trainers
+
+    def loop(trainer: GRPOTrainer, intake: RolloutIntake, channel: RolloutChannel) -> None:
+        for _ in range(num_steps):
+            version = trainer.version
+            _collect(intake, pool, channel, version, groups_per_step, rl.rollout_timeout_s)
+            trainer.step(intake.take_groups(groups_per_step, version))
+            trainer.version += 1
+
+    return loop
+
+
 def _train_with_workers(
     run: _RLRun, reward: RewardFn | None, verifier: Verifier | None, prover: Prover | None, progress: bool
 ) -> dict[str, Any]:
@@ -411,31 +438,58 @@ def _train_with_workers(
         max_group_size=rl.group_size,
     )
     staleness = rl.max_staleness if rl.mode == "async" else 0
-    intake = RolloutIntake(
-        run.task,
-        run.reward,
-        limits,
-        max_staleness=staleness,
-        verifier=verifier,
-        model_for_version=run.held_models.get if verifier is not None else None,
-    )
+
+    def make_intake() -> RolloutIntake:
+        return RolloutIntake(
+            run.task,
+            run.reward,
+            limits,
+            max_staleness=staleness,
+            verifier=verifier,
+            model_for_version=run.held_models.get if verifier is not None else None,
+        )
+
+    intake = make_intake()
     run.num_held_models = staleness + 1 if verifier is not None else 0
     pool.weights.publish(run.trainer.version, run.model.state_dict())
     run.hold(run.trainer.version)
-    pool.start()
+    replicas = Replicas(rl.num_trainers, timeout_s=2 * max(rl.rollout_timeout_s, 60.0))
+    pool.start()  # before the replicas: a trainer that sees no live worker stops
     try:
+        if rl.num_trainers > 1:
+            loop = _replica_loop(pool, config, rl.num_steps - run.state["step"])
+            store = replicas.start(run.trainer, make_intake, pool.channels, loop)
+            attach_ddp(run.trainer, store, 0, rl.num_trainers, replicas.timeout_s)
         run.train(pool, intake, progress)
+        agree = replicas.join(run.trainer)
     finally:
         pool.stop()
         for transient in ("weights", "rollouts"):
             shutil.rmtree(run.run_dir / transient, ignore_errors=True)
         (run.run_dir / "stop").unlink(missing_ok=True)
-    summary = _summary(run, intake, pool)
+    summary = _summary(run, [intake, *replicas.intakes], pool)
+    summary["trainers"] = {"num_trainers": rl.num_trainers, "weights_agree": agree}
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _summary(run: _RLRun, intake: RolloutIntake, pool: WorkerPool) -> dict[str, Any]:
+def _total(intakes: list[RolloutIntake]) -> dict[str, Any]:
+    """The intake counters of every trainer, added up."""
+    total: dict[str, Any] = {}
+    for intake in intakes:
+        for key, value in intake.counters.as_dict().items():
+            if isinstance(value, dict):
+                merged = total.setdefault(key, {})
+                for reason, count in value.items():
+                    merged[reason] = merged.get(reason, 0) + count
+            elif isinstance(value, list):
+                total[key] = sorted(set(total.get(key, [])) | set(value))
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def _summary(run: _RLRun, intakes: list[RolloutIntake], pool: WorkerPool) -> dict[str, Any]:
     rl = run.config.rl
     steps = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     step_records = [r for r in steps if r.get("kind") == "rl_step" and not r.get("skipped")]
@@ -456,6 +510,6 @@ def _summary(run: _RLRun, intake: RolloutIntake, pool: WorkerPool) -> dict[str, 
         "timing": run.timing,
         "mean_logprob_mismatch": sum(mismatches) / len(mismatches) if mismatches else None,
         "skipped_steps": sum(1 for r in steps if r.get("skipped")),
-        "intake": intake.counters.as_dict(),
+        "intake": _total(intakes),
         "workers": {name: asdict(report) for name, report in pool.reports.items()},
     }

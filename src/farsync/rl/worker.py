@@ -36,7 +36,14 @@ from farsync.rl.proofs import NoProof, Prover
 from farsync.rl.tasks import CharTokenizer, RewardFn, load_reward, make_task, safe_reward
 from farsync.rl.transport import RolloutChannel, WeightSource, WeightsUnavailable
 
-__all__ = ["WorkerReport", "WorkerSettings", "run_worker", "settings_dict", "worker_process"]
+__all__ = [
+    "WorkerReport",
+    "WorkerSettings",
+    "rollout_dirs",
+    "run_worker",
+    "settings_dict",
+    "worker_process",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,8 @@ class WorkerSettings:
     """Base seed of the sampling generator."""
     problem_indices: list[int] = field(default_factory=list)
     """Training problems to draw from, in turn (empty: the whole training stream)."""
+    num_trainers: int = 1
+    """Trainers whose channels this worker's groups are dealt out to, in turn."""
     reward_spec: str = ""
     """``"package.module:function"`` of a user reward for the claimed reward (empty: the task's own)."""
     wait_s: float = 1.0
@@ -160,13 +169,15 @@ def _next_version(settings: WorkerSettings, weights: WeightSource, held: int, us
 def run_worker(
     settings: WorkerSettings,
     weights: WeightSource,
-    channel: RolloutChannel,
+    channel: RolloutChannel | list[RolloutChannel],
     should_stop: Callable[[], bool],
     *,
     reward: RewardFn | None = None,
     prover: Prover | None = None,
 ) -> WorkerReport:
-    """Samples and pushes rollouts until ``should_stop()`` (see the module doc)."""
+    """Samples and pushes rollouts until ``should_stop()`` (see the module doc). With several channels (one per
+    trainer), group ``c`` goes to channel ``c mod len(channels)``, so trainers get equal shares."""
+    channels = channel if isinstance(channel, list) else [channel]
     sampler = _Sampler(settings, reward, prover if prover is not None else NoProof())
     report = WorkerReport()
     held, used, counter = -1, 0, 0
@@ -180,7 +191,7 @@ def run_worker(
             sampler.model.load_state_dict(state)
             used, report.versions_used = 0, report.versions_used + 1
             continue
-        if settings.mode == "async" and channel.pending() >= settings.max_pending:
+        if settings.mode == "async" and sum(c.pending() for c in channels) >= settings.max_pending:
             time.sleep(0.01)
             continue
         started = time.perf_counter()
@@ -189,7 +200,7 @@ def run_worker(
         if settings.slowdown > 1.0:
             time.sleep((settings.slowdown - 1.0) * elapsed)
         for rollout in rollouts:
-            channel.push(encode_rollout(rollout), timeout_s=settings.wait_s * 30)
+            channels[counter % len(channels)].push(encode_rollout(rollout), timeout_s=settings.wait_s * 30)
         report.busy_s += time.perf_counter() - started
         report.groups += 1
         report.rollouts += len(rollouts)
@@ -214,11 +225,20 @@ def worker_process(
     parsed = WorkerSettings(**settings)
     root = Path(run_dir)
     weights = DirectoryWeights(root / "weights", reader_id=parsed.worker_id)
-    channel = DirectoryRolloutChannel(root / "rollouts")
+    channels: list[RolloutChannel] = [
+        DirectoryRolloutChannel(path) for path in rollout_dirs(root, parsed.num_trainers)
+    ]
     stop_file = root / "stop"
-    report = run_worker(parsed, weights, channel, stop_file.exists, reward=reward, prover=prover)
+    report = run_worker(parsed, weights, channels, stop_file.exists, reward=reward, prover=prover)
     (root / "workers").mkdir(exist_ok=True)
     (root / "workers" / f"{parsed.worker_id}.json").write_text(json.dumps(asdict(report)))
+
+
+def rollout_dirs(run_dir: Path, num_trainers: int) -> list[Path]:
+    """The rollout directory of each trainer under ``run_dir``."""
+    if num_trainers == 1:
+        return [run_dir / "rollouts"]
+    return [run_dir / "rollouts" / f"trainer{rank}" for rank in range(num_trainers)]
 
 
 def settings_dict(settings: WorkerSettings) -> dict[str, Any]:
