@@ -927,6 +927,16 @@ class RLConfig:
     """Held-out pass@1 every this many RL steps (and at the start and end)."""
     rollout_timeout_s: float = 300.0
     """Longest wait for one batch of rollouts before the run fails with a clear error."""
+    weight_transport: Literal["relay", "http"] = "relay"
+    """How policy versions reach the workers (SHARDCAST-like sharded safetensors with sha256 checks): relay:
+    a relay directory in the run directory; http: that directory served over HTTP on loopback."""
+    shard_bytes: int = 4 * 1024 * 1024
+    """Target size of one weight shard in bytes (tensors are batched into shards up to this size)."""
+    verify: bool = True
+    """TOPLOC-like rollout verification: workers sample with a replayable seed and attach an activation
+    fingerprint; the trainer recomputes a share of rollouts and excludes a worker caught lying."""
+    verify_fraction: float = 0.25
+    """Share of rollouts the trainer recomputes (one forward pass each) when rl.verify is on."""
 
     def validate(self) -> None:
         for key in (
@@ -961,6 +971,8 @@ class RLConfig:
         )
         for key in ("lr", "sft_lr", "temperature", "rollout_timeout_s"):
             _check(getattr(self, key) > 0, f"rl.{key}", getattr(self, key), "must be > 0")
+        _check(self.shard_bytes >= 1024, "rl.shard_bytes", self.shard_bytes, "must be >= 1024")
+        _check(0 < self.verify_fraction <= 1, "rl.verify_fraction", self.verify_fraction, "must be in (0, 1]")
         _check(0 <= self.clip_low < 1, "rl.clip_low", self.clip_low, "must be in [0, 1)")
         _check(self.clip_high >= 0, "rl.clip_high", self.clip_high, "must be >= 0")
         _check(

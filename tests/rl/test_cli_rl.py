@@ -23,6 +23,9 @@ TINY = [
         ("rl.task=chess", "config error: rl.task = 'chess': allowed: 'arithmetic', 'reversal', 'sorting'"),
         ("rl.group_size=1", "config error: rl.group_size = 1: must be >= 2"),
         ("rl.mode=sometimes", "config error: rl.mode = 'sometimes'"),
+        ("rl.weight_transport=ftp", "config error: rl.weight_transport = 'ftp': allowed: 'relay', 'http'"),
+        ("rl.verify_fraction=0", "config error: rl.verify_fraction = 0.0: must be in (0, 1]"),
+        ("rl.shard_bytes=10", "config error: rl.shard_bytes = 10: must be >= 1024"),
     ],
 )
 def test_bad_setting_is_one_line_and_exit_2(

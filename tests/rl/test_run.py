@@ -57,7 +57,7 @@ def test_tiny_async_run_writes_its_directory_and_resumes(tmp_path: Path) -> None
 
 
 def _raising_reward(prompt: str, completion: str) -> float:
-    if len(completion) % 2:
+    if sum(map(ord, completion)) % 2:  # about half of a random policy's completions
         raise RuntimeError("user bug")
     return float(len(completion) == 2)
 

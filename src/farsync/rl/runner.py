@@ -8,6 +8,13 @@ fresh groups is ready (:mod:`farsync.rl.intake`), take one GRPO step (:mod:`fars
 the next version. A checkpoint (model as safetensors, optimizer, counters) is written at every evaluation,
 so ``resume`` continues where it stopped. Waiting for a batch has a timeout (``rl.rollout_timeout_s``) and
 fails with a message saying what arrived.
+
+Weights travel through the SHARDCAST-like relay (:mod:`farsync.rl.broadcast`, ``rl.weight_transport``):
+the trainer publishes each version in the background and goes on training; bytes are counted in a ledger on
+the ``weights`` channel and the ``[network]`` link applies. With ``rl.verify`` (the default) workers sample
+replayably with fingerprints and a :class:`~farsync.rl.verify.TopkVerifier` recomputes ``rl.verify_fraction``
+of the rollouts (:mod:`farsync.rl.verify`); a worker caught lying is excluded. ``summary.json`` reports both
+(``broadcast``, ``verification``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from farsync.comm.clock import Clock
+from farsync.comm.cost import LinkModel
+from farsync.comm.ledger import ByteLedger
+from farsync.comm.link import LinkEmulator
 from farsync.config import RunConfig, config_to_toml
 from farsync.rl.difficulty import keep_by_difficulty, pass_rates
 from farsync.rl.grpo import LossConfig
@@ -40,6 +51,7 @@ from farsync.rl.sft import SupervisedTrainer
 from farsync.rl.tasks import CharTokenizer, RewardFn, Task, load_reward, make_task
 from farsync.rl.trainer import GRPOTrainer, StepReport
 from farsync.rl.transport import RolloutChannel
+from farsync.rl.verify import TopkVerifier
 from farsync.rl.worker import WorkerSettings
 
 __all__ = ["RLStalled", "model_shape", "run_rl", "worker_settings"]
@@ -94,6 +106,10 @@ def worker_settings(config: RunConfig, problem_indices: list[int] | None = None)
             seed=config.seed * 1000 + index,
             reward_spec=rl.reward,
             problem_indices=list(problem_indices or []),
+            verify=rl.verify,
+            link_bandwidth_bps=0.0 if config.network.emulation == "off" else config.network.bandwidth,
+            link_latency_s=config.network.latency,
+            link_emulation=config.network.emulation,
         )
         for index in range(rl.num_rollout_workers)
     ]
@@ -376,8 +392,9 @@ def run_rl(
     """Runs RL post-training as ``config`` says, in ``out_dir``; returns the summary (also summary.json).
 
     ``reward`` is a Python reward function ``(prompt, completion) -> float`` (overrides ``rl.reward``);
-    ``verifier`` checks rollouts on the trainer and ``prover`` fingerprints them on thread workers
-    (:mod:`farsync.rl.proofs`). ``initial_state`` starts RL from those policy weights (a state dict of the
+    ``verifier`` checks rollouts on the trainer and ``prover`` fingerprints them on the workers
+    (:mod:`farsync.rl.proofs`); a ``prover`` replaces the built-in TOPLOC-like scheme of ``rl.verify`` (then
+    only ``verifier``, if given, checks), and a ``verifier`` alone replaces its trainer side. ``initial_state`` starts RL from those policy weights (a state dict of the
     configured GPT) instead of the warm-start. Raises :class:`~farsync.config.ConfigError` on a bad setting and
     :class:`RLStalled` when rollouts stop arriving.
     """
@@ -427,10 +444,24 @@ def _train_with_workers(
 ) -> dict[str, Any]:
     config = run.config
     rl = config.rl
-    for leftover in ("weights", "rollouts", "workers"):
+    for leftover in ("relay", "rollouts", "workers"):
         shutil.rmtree(run.run_dir / leftover, ignore_errors=True)
     settings = worker_settings(config, run.state.get("problem_indices"))
-    pool = WorkerPool(settings, run.run_dir, backend=rl.worker_backend, reward=reward, prover=prover)
+    if prover is not None:  # the caller's own proof scheme replaces the built-in one
+        for each in settings:
+            each.verify = False
+    elif verifier is None and rl.verify:
+        verifier = TopkVerifier(check_fraction=rl.verify_fraction, seed=config.seed)
+    pool = WorkerPool(
+        settings,
+        run.run_dir,
+        backend=rl.worker_backend,
+        reward=reward,
+        prover=prover,
+        transport=rl.weight_transport,
+        shard_bytes=rl.shard_bytes,
+        link=_trainer_link(config),
+    )
     limits = RolloutLimits(
         vocab_size=run.tokenizer.vocab_size,
         max_prompt_tokens=config.model.context_length,
@@ -464,13 +495,36 @@ def _train_with_workers(
         agree = replicas.join(run.trainer)
     finally:
         pool.stop()
-        for transient in ("weights", "rollouts"):
-            shutil.rmtree(run.run_dir / transient, ignore_errors=True)
+        shutil.rmtree(run.run_dir / "rollouts", ignore_errors=True)  # relay/ keeps the last version
         (run.run_dir / "stop").unlink(missing_ok=True)
     summary = _summary(run, [intake, *replicas.intakes], pool)
+    summary["verification"] = _verification(verifier, summary["intake"])
     summary["trainers"] = {"num_trainers": rl.num_trainers, "weights_agree": agree}
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _trainer_link(config: RunConfig) -> LinkEmulator:
+    """The trainer's emulated link to the relay (``[network]``; no time modeled with emulation off)."""
+    network = config.network
+    model = None
+    if network.emulation != "off":
+        model = LinkModel(bandwidth_bps=network.bandwidth, latency_s=network.latency)
+    return LinkEmulator(model, Clock(network.emulation), ByteLedger(), "weights", group_size=2)
+
+
+def _verification(verifier: Verifier | None, intake: dict[str, Any]) -> dict[str, Any]:
+    """Rollout verification in the summary: verdict counts (TopkVerifier) and the workers excluded."""
+    counts = dict(getattr(verifier, "counts", {}))
+    rejected = intake.get("rejected", {})
+    return {
+        "enabled": verifier is not None,
+        "verified": int(counts.get("verified", 0)),
+        "unchecked": int(counts.get("unchecked", 0)),
+        "rejected": int(rejected.get("verification", 0)),
+        "refused_after_exclusion": int(rejected.get("excluded_worker", 0)),
+        "excluded_workers": list(intake.get("excluded_workers", [])),
+    }
 
 
 def _total(intakes: list[RolloutIntake]) -> dict[str, Any]:
@@ -512,4 +566,13 @@ def _summary(run: _RLRun, intakes: list[RolloutIntake], pool: WorkerPool) -> dic
         "skipped_steps": sum(1 for r in steps if r.get("skipped")),
         "intake": _total(intakes),
         "workers": {name: asdict(report) for name, report in pool.reports.items()},
+        "broadcast": {
+            "transport": rl.weight_transport,
+            "versions_published": pool.weights.latest + 1,
+            "versions_skipped": pool.weights.num_skipped,
+            "bytes_sent": pool.ledger.bytes_sent("weights"),
+            "bytes_fetched": sum(report.bytes_fetched for report in pool.reports.values()),
+            "failed_fetches": sum(report.failed_fetches for report in pool.reports.values()),
+            "publish_s_per_step": run.timing["publish_s"] / max(run.state["step"], 1),
+        },
     }

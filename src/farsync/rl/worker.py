@@ -12,6 +12,13 @@ message. The two modes of Echo (arXiv 2508.05387):
   continuously and pauses only while the channel already holds ``max_pending`` messages. The trainer's
   staleness bound decides what is still usable.
 
+Weights come from the SHARDCAST-like relay (:func:`weight_source`: a
+:class:`~farsync.rl.broadcast.RelaySource` over the run directory's relay, or over HTTP); a fetch that fails
+(a shard stays corrupt or unreachable) is logged by the source and the worker keeps the version it holds.
+With ``verify`` the worker samples with :func:`~farsync.rl.verify.sample_group_with_proofs`: one replayable
+seed per rollout (:func:`~farsync.rl.verify_sampling.rollout_seed`, stored in :attr:`Rollout.seed`) and the
+TOPLOC-like fingerprint from the sampling forward passes themselves (no extra forward).
+
 ``slowdown`` emulates slower hardware: after sampling a group in ``t`` seconds the worker sleeps
 ``(slowdown - 1) t``. Every wait has a timeout and re-checks ``should_stop``. :func:`worker_process` is the
 entry point of a worker in its own process, talking through a run directory (:mod:`farsync.rl.files`).
@@ -29,19 +36,29 @@ from typing import Any, Literal
 
 import torch
 
-from farsync.rl.files import DirectoryRolloutChannel, DirectoryWeights
+from farsync.comm.clock import Clock
+from farsync.comm.cost import LinkModel
+from farsync.comm.ledger import ByteLedger
+from farsync.comm.link import LinkEmulator
+from farsync.rl.broadcast import RelaySource
+from farsync.rl.broadcast_relay import DirectoryRelay, HttpRelay, Relay
+from farsync.rl.files import DirectoryRolloutChannel
 from farsync.rl.messages import Rollout, encode_rollout
 from farsync.rl.policy import build_policy, sample_group
 from farsync.rl.proofs import NoProof, Prover
 from farsync.rl.tasks import CharTokenizer, RewardFn, load_reward, make_task, safe_reward
 from farsync.rl.transport import RolloutChannel, WeightSource, WeightsUnavailable
+from farsync.rl.verify import sample_group_with_proofs
+from farsync.rl.verify_sampling import rollout_seed
 
 __all__ = [
     "WorkerReport",
     "WorkerSettings",
     "rollout_dirs",
     "run_worker",
+    "fetch_report",
     "settings_dict",
+    "weight_source",
     "worker_process",
 ]
 
@@ -91,6 +108,24 @@ class WorkerSettings:
     """``"package.module:function"`` of a user reward for the claimed reward (empty: the task's own)."""
     wait_s: float = 1.0
     """Longest single wait before ``should_stop`` is checked again."""
+    poll_s: float = 0.02
+    """How often the newest published version is checked while waiting for one."""
+    fetch_timeout_s: float = 60.0
+    """Longest fetch of one published version (all its shards); a fetch that fails keeps the held one."""
+    relay_dir: str = ""
+    """The relay directory policy versions are fetched from (used when ``relay_url`` is empty)."""
+    relay_url: str = ""
+    """Base URL of the relay served over HTTP (empty: read ``relay_dir`` directly)."""
+    shard_threads: int = 4
+    """Shards fetched in parallel."""
+    verify: bool = False
+    """Sample with replayable seeds and attach a TOPLOC-like fingerprint (:mod:`farsync.rl.verify`)."""
+    link_bandwidth_bps: float = 0.0
+    """The worker's emulated link to the relay in bits/s (0: nothing modeled)."""
+    link_latency_s: float = 0.0
+    """One-way latency of that link."""
+    link_emulation: Literal["sleep", "virtual", "off"] = "off"
+    """How the link time is applied (:class:`farsync.comm.clock.Clock` modes: sleep, virtual, off)."""
 
 
 @dataclass
@@ -101,6 +136,12 @@ class WorkerReport:
     rollouts: int = 0
     busy_s: float = 0.0
     versions_used: int = 0
+    bytes_fetched: int = 0
+    """Weight bytes downloaded from the relay (retries included)."""
+    failed_fetches: int = 0
+    """Versions that could not be fetched intact (the worker kept the one it held)."""
+    corrupt_shards: int = 0
+    """Shards rejected by their sha256 check."""
 
 
 def _group_seed(seed: int, worker_id: str, counter: int) -> int:
@@ -128,17 +169,8 @@ class _Sampler:
         problem = self.task.train_problem(position)
         prompt_ids = self.tokenizer.encode(problem.prompt)
         seed = _group_seed(s.seed, s.worker_id, counter)
-        self.generator.manual_seed(seed)
-        samples = sample_group(
-            self.model,
-            prompt_ids,
-            group_size=s.group_size,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            generator=self.generator,
-        )
         rollouts = []
-        for completion, logprobs in samples:
+        for completion, logprobs, proof, sampled_seed in self._sample(prompt_ids, seed):
             claimed, _ = safe_reward(self.reward, problem.prompt, self.tokenizer.decode(completion))
             rollouts.append(
                 Rollout(
@@ -151,12 +183,42 @@ class _Sampler:
                     reward=claimed,
                     policy_version=version,
                     worker_id=s.worker_id,
-                    seed=seed,
+                    seed=sampled_seed,
                     temperature=s.temperature,
-                    fingerprint=self.prover.prove(self.model, tuple(prompt_ids), tuple(completion)),
+                    fingerprint=proof,
                 )
             )
         return rollouts
+
+    def _sample(self, prompt_ids: list[int], seed: int) -> list[tuple[list[int], list[float], bytes, int]]:
+        """The group's ``(completion, log-probs, proof, seed)``: replayable and proven with ``verify``."""
+        s = self.settings
+        if s.verify:
+            seeds = [rollout_seed(seed, index) for index in range(s.group_size)]
+            proven = sample_group_with_proofs(
+                self.model,
+                prompt_ids,
+                seeds=seeds,
+                max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature,
+                end_id=CharTokenizer.END_ID,
+            )
+            return [
+                (ids, values, proof, each) for (ids, values, proof), each in zip(proven, seeds, strict=True)
+            ]
+        self.generator.manual_seed(seed)
+        samples = sample_group(
+            self.model,
+            prompt_ids,
+            group_size=s.group_size,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            generator=self.generator,
+        )
+        return [
+            (ids, values, self.prover.prove(self.model, tuple(prompt_ids), tuple(ids)), seed)
+            for ids, values in samples
+        ]
 
 
 def _next_version(settings: WorkerSettings, weights: WeightSource, held: int, used: int) -> int:
@@ -184,9 +246,12 @@ def run_worker(
     while not should_stop():
         wanted = _next_version(settings, weights, held, used)
         if wanted < 0 or wanted > held:
+            if weights.latest_version() <= held:  # nothing newer yet: poll, so should_stop stays prompt
+                time.sleep(settings.poll_s)
+                continue
             try:
-                held, state = weights.fetch_latest(settings.wait_s, newer_than=held)
-            except WeightsUnavailable:
+                held, state = weights.fetch_latest(settings.fetch_timeout_s, newer_than=held)
+            except WeightsUnavailable:  # logged by the source; the worker keeps the version it holds
                 continue
             sampler.model.load_state_dict(state)
             used, report.versions_used = 0, report.versions_used + 1
@@ -224,12 +289,16 @@ def worker_process(
     torch.set_num_threads(num_threads)
     parsed = WorkerSettings(**settings)
     root = Path(run_dir)
-    weights = DirectoryWeights(root / "weights", reader_id=parsed.worker_id)
+    weights = weight_source(parsed)
     channels: list[RolloutChannel] = [
         DirectoryRolloutChannel(path) for path in rollout_dirs(root, parsed.num_trainers)
     ]
     stop_file = root / "stop"
-    report = run_worker(parsed, weights, channels, stop_file.exists, reward=reward, prover=prover)
+    try:
+        report = run_worker(parsed, weights, channels, stop_file.exists, reward=reward, prover=prover)
+    finally:
+        weights.close()
+    fetch_report(report, weights)
     (root / "workers").mkdir(exist_ok=True)
     (root / "workers" / f"{parsed.worker_id}.json").write_text(json.dumps(asdict(report)))
 
@@ -244,3 +313,22 @@ def rollout_dirs(run_dir: Path, num_trainers: int) -> list[Path]:
 def settings_dict(settings: WorkerSettings) -> dict[str, Any]:
     """``settings`` as plain values (for a process's arguments)."""
     return asdict(settings)
+
+
+def weight_source(settings: WorkerSettings) -> RelaySource:
+    """This worker's end of the weight broadcast: a :class:`~farsync.rl.broadcast.RelaySource` over HTTP
+    (``relay_url``) or the relay directory, verified shards kept in memory, on its emulated link."""
+    relay: Relay = HttpRelay(settings.relay_url) if settings.relay_url else DirectoryRelay(settings.relay_dir)
+    link = None
+    if settings.link_bandwidth_bps > 0:
+        model = LinkModel(bandwidth_bps=settings.link_bandwidth_bps, latency_s=settings.link_latency_s)
+        link = LinkEmulator(model, Clock(settings.link_emulation), ByteLedger(), "weights", group_size=2)
+    return RelaySource(relay, None, settings.worker_id, num_threads=settings.shard_threads, link=link)
+
+
+def fetch_report(report: WorkerReport, source: WeightSource) -> None:
+    """Copies a :class:`~farsync.rl.broadcast.RelaySource`'s fetch counters into ``report``."""
+    if isinstance(source, RelaySource):
+        report.bytes_fetched = source.stats.bytes_fetched
+        report.failed_fetches = source.stats.num_failed_fetches
+        report.corrupt_shards = source.stats.num_corrupt_rejected
