@@ -9,6 +9,12 @@ processes of which one is 3x slower; and the control: the warm-start's own super
 problems) before and after, seconds per RL step in steady state (from the first step's end to the last, no
 evaluation inside), stale rollouts dropped, tied groups, and the trainer/sampler log-prob mismatch; medians
 over the seeds, and the issue's targets marked met or missed. Wall-clock figures depend on the machine's load.
+
+Every leg runs with the wiring of ``farsync rl``: weights through the SHARDCAST-like relay, rollouts verified
+(TOPLOC-like, ``rl.verify_fraction``). Per leg, the broadcast's cost is measured inside the run, against the
+runner's own seconds per step: the trainer's wait in (background) ``publish`` and a worker's wall time to fetch
+a version. Two sections from :mod:`farsync.rl.broadcast_bench` and :mod:`farsync.rl.verify_bench` follow
+(broadcast CPU cost and corruption; verification calibration, detection and proof overhead).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 
 from farsync.bench.common import markdown_table, smoke, write_results
 from farsync.config import ModelConfig, RLConfig, RunConfig
+from farsync.rl import broadcast_bench, verify_bench
 from farsync.rl.policy import build_policy, pass_at_1
 from farsync.rl.runner import model_shape, run_rl
 from farsync.rl.sft import SupervisedTrainer
@@ -144,11 +151,28 @@ def _leg(
         "dropped_stale": summary["intake"]["dropped_stale"],
         "tied_groups": summary["intake"]["tied_groups"],
         "mismatch": summary["mean_logprob_mismatch"],
+        **_wiring(summary, _steady_s_per_step(runs / name)),
     }
     print(
         f"[bench rl] {name}: pass@1 {row['start']:.3f} -> {row['final']:.3f} ({time.perf_counter() - begin:.0f}s real)"
     )
     return row
+
+
+def _wiring(summary: dict[str, Any], s_per_step: float | None) -> dict[str, Any]:
+    """Broadcast and verification figures of one leg: the trainer's publish wait and a worker's fetch of a
+    version, as shares of the runner's steady seconds per step; rollouts verified and rejected."""
+    broadcast, verification = summary["broadcast"], summary["verification"]
+    publish_s, fetch_s = broadcast["publish_s_per_step"], broadcast["fetch_s_per_version"]
+    return {
+        "publish_ms": 1e3 * publish_s,
+        "fetch_ms": 1e3 * fetch_s,
+        "publish_fraction": publish_s / s_per_step if s_per_step else None,
+        "fetch_fraction": fetch_s / s_per_step if s_per_step else None,
+        "broadcast_mb": broadcast["bytes_sent"] / 1e6,
+        "verified": verification["verified"],
+        "rejected": verification["rejected"],
+    }
 
 
 def _control(trainer: SupervisedTrainer, config: RunConfig, steps: int, seconds: float) -> dict[str, Any]:
@@ -180,7 +204,10 @@ def _summarise(
     for row in rows:
         by_leg.setdefault(f"{row['mode']}-k{row['k']}", []).append(row)
     medians: dict[str, dict[str, Any]] = {
-        leg: {k: _median(group, k) for k in ("start", "final", "gain", "s_per_step")}
+        leg: {
+            k: _median(group, k)
+            for k in ("start", "final", "gain", "s_per_step", "publish_fraction", "fetch_fraction")
+        }
         for leg, group in by_leg.items()
     }
     sync = medians.get("sync-k0", {})
@@ -241,6 +268,26 @@ def _markdown(result: dict[str, Any]) -> str:
             ],
         ),
         "",
+        "## Weight broadcast and verification inside the runs",
+        "",
+        "Trainer's wait in the background publish per step, and a worker's wall time to fetch one version (all "
+        "shards, checked), as shares of the runner's steady seconds per step (wall clock, loaded machine); "
+        "rollouts recomputed by the verifier and rejected (honest workers: 0 expected).",
+        "",
+        markdown_table(
+            result["rows"],
+            [
+                ("leg", "leg", ""),
+                ("publish ms", "publish_ms", ".2f"),
+                ("share of step", "publish_fraction", ".1%"),
+                ("fetch ms", "fetch_ms", ".1f"),
+                ("share of step", "fetch_fraction", ".1%"),
+                ("MB published", "broadcast_mb", ".1f"),
+                ("verified", "verified", ""),
+                ("rejected", "rejected", ""),
+            ],
+        ),
+        "",
         "## Supervised control (from the same warm-start)",
         "",
         markdown_table(
@@ -277,6 +324,16 @@ def _markdown(result: dict[str, Any]) -> str:
                 f"- async k={k} steps/s over sync: {speed:.2f}x"
                 + (f" (target >= 1.3x: {_verdict(speed, 1.3, True)})." if k == 1 else ".")
             )
+    for k in (0, 1, 2):
+        leg = result["summary"]["medians"].get(f"{'sync' if k == 0 else 'async'}-k{k}", {})
+        if leg.get("publish_fraction") is not None:
+            lines.append(
+                f"- {'sync' if k == 0 else f'async k={k}'}: broadcast (trainer's publish wait) "
+                f"{leg['publish_fraction']:.1%} of a step, a worker's fetch {leg['fetch_fraction']:.1%} "
+                f"(target < 5%: {_verdict(leg['publish_fraction'], 0.05, False)})."
+            )
+    lines += ["", "## Components", "", broadcast_bench.markdown(result["broadcast"]), ""]
+    lines += [verify_bench.markdown(result["verification"])]
     return "\n".join(lines)
 
 
@@ -288,6 +345,25 @@ def _verdict(value: float | None, bound: float, at_least: bool) -> str:
     if value is None:
         return "not measured"
     return "met" if (value >= bound if at_least else value <= bound) else "MISSED"
+
+
+def _components(quick: bool) -> dict[str, Any]:
+    """rl-transport's component benchmarks (smoke runs: their smallest sizes)."""
+    print("[bench rl] broadcast and verification components ...", flush=True)
+    if smoke():
+        model = verify_bench.make_policy(0)
+        return {
+            "broadcast": {
+                "step": broadcast_bench.step_fraction(num_steps=2),
+                "corruption": broadcast_bench.corruption_run(num_versions=5),
+            },
+            "verification": {
+                "calibration": verify_bench.calibrate(model, num_groups=1),
+                "detection": verify_bench.detection(model, verify_bench.make_policy(1), num_groups=1),
+                "overhead": verify_bench.proof_overhead(model, num_groups=1),
+            },
+        }
+    return {"broadcast": broadcast_bench.run(quick), "verification": verify_bench.run(quick)}
 
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
@@ -313,6 +389,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         "rows": rows,
         "controls": controls,
         "summary": _summarise(plan, rows, controls),
+        **_components(quick or smoke()),
         "seconds": time.perf_counter() - begin,
         "host": f"{platform.machine()} CPU, torch {torch.__version__}",
     }

@@ -244,7 +244,7 @@ class _RLRun:
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=rl.lr, weight_decay=0.0)
         self.trainer = GRPOTrainer(self.model, optimizer, loss, temperature=rl.temperature)
         self.state: dict[str, Any] = {"step": 0, "version": 0, "sft": {}, "pass_at_1": {}}
-        self.timing = {"collect_s": 0.0, "train_s": 0.0, "publish_s": 0.0, "eval_s": 0.0}
+        self.timing = {"collect_s": 0.0, "train_s": 0.0, "publish_s": 0.0, "hold_s": 0.0, "eval_s": 0.0}
         self.held_models: dict[int, torch.nn.Module] = {}
         self.num_held_models = 0
 
@@ -347,10 +347,12 @@ class _RLRun:
             t2 = time.perf_counter()
             self.trainer.version += 1
             pool.weights.publish(self.trainer.version, self.model.state_dict())
+            t3 = time.perf_counter()
             self.hold(self.trainer.version)
             self.timing["collect_s"] += t1 - t0
             self.timing["train_s"] += t2 - t1
-            self.timing["publish_s"] += time.perf_counter() - t2
+            self.timing["publish_s"] += t3 - t2
+            self.timing["hold_s"] += time.perf_counter() - t3
             self.state["step"] += 1
             self.state["version"] = self.trainer.version
             self.metrics.log(_step_record(self.state["step"], version, report, time.perf_counter() - started))
@@ -574,5 +576,7 @@ def _summary(run: _RLRun, intakes: list[RolloutIntake], pool: WorkerPool) -> dic
             "bytes_fetched": sum(report.bytes_fetched for report in pool.reports.values()),
             "failed_fetches": sum(report.failed_fetches for report in pool.reports.values()),
             "publish_s_per_step": run.timing["publish_s"] / max(run.state["step"], 1),
+            "fetch_s_per_version": sum(r.fetch_s for r in pool.reports.values())
+            / max(sum(r.versions_used for r in pool.reports.values()), 1),
         },
     }

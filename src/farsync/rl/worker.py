@@ -142,6 +142,8 @@ class WorkerReport:
     """Versions that could not be fetched intact (the worker kept the one it held)."""
     corrupt_shards: int = 0
     """Shards rejected by their sha256 check."""
+    fetch_s: float = 0.0
+    """Wall seconds spent fetching published versions (waiting for a new one excluded)."""
 
 
 def _group_seed(seed: int, worker_id: str, counter: int) -> int:
@@ -249,10 +251,13 @@ def run_worker(
             if weights.latest_version() <= held:  # nothing newer yet: poll, so should_stop stays prompt
                 time.sleep(settings.poll_s)
                 continue
+            fetch_started = time.perf_counter()
             try:
                 held, state = weights.fetch_latest(settings.fetch_timeout_s, newer_than=held)
             except WeightsUnavailable:  # logged by the source; the worker keeps the version it holds
                 continue
+            finally:
+                report.fetch_s += time.perf_counter() - fetch_started
             sampler.model.load_state_dict(state)
             used, report.versions_used = 0, report.versions_used + 1
             continue
