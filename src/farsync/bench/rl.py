@@ -328,9 +328,10 @@ def _markdown(result: dict[str, Any]) -> str:
         leg = result["summary"]["medians"].get(f"{'sync' if k == 0 else 'async'}-k{k}", {})
         if leg.get("publish_fraction") is not None:
             lines.append(
-                f"- {'sync' if k == 0 else f'async k={k}'}: broadcast (trainer's publish wait) "
-                f"{leg['publish_fraction']:.1%} of a step, a worker's fetch {leg['fetch_fraction']:.1%} "
-                f"(target < 5%: {_verdict(leg['publish_fraction'], 0.05, False)})."
+                f"- {'sync' if k == 0 else f'async k={k}'}: broadcast, the trainer's publish wait: "
+                f"{leg['publish_fraction']:.1%} of a step (target < 5%: "
+                f"{_verdict(leg['publish_fraction'], 0.05, False)}); a worker's fetch of one version: "
+                f"{leg['fetch_fraction']:.1%} of a step (time that worker does not sample)."
             )
     lines += ["", "## Components", "", broadcast_bench.markdown(result["broadcast"]), ""]
     lines += [verify_bench.markdown(result["verification"])]
