@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,7 +160,9 @@ class TopkVerifier:
             checked against the claimed temperature, so a worker that samples at another temperature and
             restates the log-probabilities, or that picks its tokens, is no longer caught.
 
-    ``excluded`` maps excluded workers to the reason; ``counts`` counts verdicts by kind.
+    ``excluded`` maps excluded workers to the reason; ``counts`` counts verdicts by kind. One verifier may be
+    shared by several trainer threads (``rl.num_trainers``): :meth:`verify` holds a lock, since the
+    recomputation hooks the held model's final norm and two concurrent forwards would mix their captures.
     """
 
     def __init__(
@@ -183,8 +186,13 @@ class TopkVerifier:
         self.strikes: Counter[str] = Counter()
         self.excluded: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def verify(self, rollout: Rollout, model: nn.Module) -> Verdict:
+        with self._lock:
+            return self._verify(rollout, model)
+
+    def _verify(self, rollout: Rollout, model: nn.Module) -> Verdict:
         if rollout.worker_id in self.excluded:
             self.counts["excluded"] += 1
             return Verdict(False, f"worker {rollout.worker_id} is excluded")
