@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -110,3 +111,45 @@ def test_worker_draws_only_the_kept_problems() -> None:
     limits = RolloutLimits(vocab_size=SHAPE["vocab_size"])
     task_ids = {parse_rollout(m, limits).task_id for m in channel.pull(100, timeout_s=0.1)}
     assert task_ids == {"arithmetic/train/9"}  # worker 1 of 2 takes every other kept problem
+
+
+def test_a_version_that_cannot_be_fetched_intact_leaves_the_worker_on_the_one_it_holds(
+    tmp_path: Path,
+) -> None:
+    from farsync.rl.broadcast import RelayPublisher, version_dir
+    from farsync.rl.messages import parse_rollout
+    from farsync.rl.worker import WorkerReport, fetch_report, weight_source
+
+    torch.manual_seed(0)
+    publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096)
+    publisher.publish(0, build_policy(**SHAPE).state_dict())
+    settings = _settings(
+        "async", relay_dir=str(tmp_path / "relay"), fetch_timeout_s=2.0, refetch_s=60.0, verify=True
+    )
+    source, channel, stop = weight_source(settings), InProcessRolloutChannel(), threading.Event()
+    reports: list[WorkerReport] = []
+    thread = threading.Thread(
+        target=lambda: reports.append(run_worker(settings, source, channel, stop.is_set)), daemon=True
+    )
+    thread.start()
+    _wait_for(lambda: channel.pending() >= 3)
+    publisher.publish(1, build_policy(**SHAPE).state_dict())
+    shard = sorted((tmp_path / "relay" / version_dir(1)).glob("shard-*"))[0]
+    damaged = bytearray(shard.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # damaged on the relay: every refetch fails its sha256
+    shard.write_bytes(bytes(damaged))
+    _wait_for(lambda: source.stats.num_failed_fetches >= 1)
+    channel.pull(100, timeout_s=0.1)
+    _wait_for(lambda: channel.pending() >= 3)  # still sampling after the failed fetch
+    stop.set()
+    thread.join(10.0)
+    assert not thread.is_alive()
+    (report,) = reports
+    fetch_report(report, source)
+    assert report.failed_fetches == 1  # not refetched before refetch_s: it sampled on with version 0
+    assert report.corrupt_shards == 4 and report.bytes_fetched > 0  # one shard, 1 + 3 retries
+    limits = RolloutLimits(vocab_size=SHAPE["vocab_size"])
+    rollouts = [parse_rollout(m, limits) for m in channel.pull(100, timeout_s=0.1)]
+    assert rollouts and {r.policy_version for r in rollouts} == {0}  # version 1 was never loaded
+    assert len({r.seed for r in rollouts[:3]}) == 3 and all(r.fingerprint for r in rollouts)  # one seed each
+    source.close()

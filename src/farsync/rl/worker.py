@@ -112,6 +112,9 @@ class WorkerSettings:
     """How often the newest published version is checked while waiting for one."""
     fetch_timeout_s: float = 60.0
     """Longest fetch of one published version (all its shards); a fetch that fails keeps the held one."""
+    refetch_s: float = 5.0
+    """After a version failed to arrive intact, seconds before it is fetched again (``async`` samples on with
+    the held version meanwhile)."""
     relay_dir: str = ""
     """The relay directory policy versions are fetched from (used when ``relay_url`` is empty)."""
     relay_url: str = ""
@@ -230,6 +233,40 @@ def _next_version(settings: WorkerSettings, weights: WeightSource, held: int, us
     return weights.latest_version()
 
 
+@dataclass
+class _Backoff:
+    """A version whose fetch failed, and when to try it again."""
+
+    version: int = -1
+    until: float = 0.0
+
+
+def _fetch_newer(
+    settings: WorkerSettings,
+    weights: WeightSource,
+    sampler: _Sampler,
+    report: WorkerReport,
+    held: int,
+    backoff: _Backoff,
+) -> int:
+    """Loads the newest published version if it is newer than ``held`` (and not a version that just failed);
+    returns the version held afterwards. A failed fetch is logged by the source; ``held`` stays."""
+    latest = weights.latest_version()
+    if latest <= held or (latest == backoff.version and time.monotonic() < backoff.until):
+        return held
+    started = time.perf_counter()
+    try:
+        version, state = weights.fetch_latest(settings.fetch_timeout_s, newer_than=held)
+    except WeightsUnavailable:
+        backoff.version, backoff.until = latest, time.monotonic() + settings.refetch_s
+        return held
+    finally:
+        report.fetch_s += time.perf_counter() - started
+    sampler.model.load_state_dict(state)
+    report.versions_used += 1
+    return version
+
+
 def run_worker(
     settings: WorkerSettings,
     weights: WeightSource,
@@ -245,22 +282,20 @@ def run_worker(
     sampler = _Sampler(settings, reward, prover if prover is not None else NoProof())
     report = WorkerReport()
     held, used, counter = -1, 0, 0
+    backoff = _Backoff()
     while not should_stop():
         wanted = _next_version(settings, weights, held, used)
         if wanted < 0 or wanted > held:
-            if weights.latest_version() <= held:  # nothing newer yet: poll, so should_stop stays prompt
+            newer = _fetch_newer(settings, weights, sampler, report, held, backoff)
+            if newer != held:
+                held, used = newer, 0
+                continue
+            if (
+                settings.mode == "sync" or held < 0
+            ):  # nothing to sample with yet: poll (should_stop stays prompt)
                 time.sleep(settings.poll_s)
                 continue
-            fetch_started = time.perf_counter()
-            try:
-                held, state = weights.fetch_latest(settings.fetch_timeout_s, newer_than=held)
-            except WeightsUnavailable:  # logged by the source; the worker keeps the version it holds
-                continue
-            finally:
-                report.fetch_s += time.perf_counter() - fetch_started
-            sampler.model.load_state_dict(state)
-            used, report.versions_used = 0, report.versions_used + 1
-            continue
+            # async, the newest version failed to arrive intact: sample on with the held one
         if settings.mode == "async" and sum(c.pending() for c in channels) >= settings.max_pending:
             time.sleep(0.01)
             continue
