@@ -1,4 +1,4 @@
-"""``farsync train | bench | report | export | coordinator | worker``: parses arguments and delegates.
+"""``farsync train | rl | bench | report | export | coordinator | worker``: parses arguments and delegates.
 
 Configuration errors stop here, before anything starts or is written: one line naming the key, the value
 given and what is allowed, and exit code 2 (the launchers' checks are in :mod:`farsync.launch.preflight`).
@@ -89,6 +89,37 @@ def _train_elastic(config: RunConfig, out_dir: Path, args: argparse.Namespace) -
     return launch_elastic(config, out_dir, progress=not args.no_progress)
 
 
+def _rl(args: argparse.Namespace) -> int:
+    """``farsync rl``: RL post-training (GRPO with decoupled inference workers), see docs/rl.md."""
+    import os
+
+    from farsync.launch.preflight import check_new_run_dir
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError("--resume", args.resume, "expected an RL run directory containing config.toml")
+        config = load_config(run_dir / "config.toml", args.overrides)
+    else:
+        config = load_config(args.config, args.overrides)
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-rl"
+        check_new_run_dir(run_dir, overwrite=args.overwrite)
+    import torch
+
+    from farsync.rl.runner import run_rl
+
+    torch.set_num_threads(max(1, int(os.environ.get("FARSYNC_THREADS", "1"))))
+    summary = run_rl(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    print(
+        f"rl {summary['mode']} on {summary['task']}: held-out pass@1 {summary['pass_at_1_start']:.3f} -> "
+        f"{summary['pass_at_1_final']:.3f} in {summary['num_steps']} steps ({summary['rl_wall_s']:.1f}s); "
+        f"{summary['intake']['dropped_stale']} stale rollouts dropped, "
+        f"{sum(summary['intake']['rejected'].values())} rejected"
+    )
+    print(f"outputs in {run_dir}/ (summary.json, metrics.jsonl)")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from farsync.bench import run_benchmark
 
@@ -166,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
+
+    rl = commands.add_parser("rl", help="RL post-training: GRPO with decoupled inference workers")
+    rl.add_argument("config", nargs="?", help="TOML config file with an [rl] section (optional)")
+    rl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    rl.add_argument("--out", help="run directory, new or empty (default runs/<time>-rl)")
+    rl.add_argument(
+        "--overwrite", action="store_true", help="clear the --out directory of an earlier run first"
+    )
+    rl.add_argument("--resume", metavar="DIR", help="continue the RL run in DIR from its last checkpoint")
+    rl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rl.set_defaults(handler=_rl)
 
     bench = commands.add_parser(
         "bench",

@@ -34,6 +34,7 @@ __all__ = [
     "NetworkConfig",
     "ParallelConfig",
     "PrivacyConfig",
+    "RLConfig",
     "ROBUST_PRESET",
     "RunConfig",
     "TrainConfig",
@@ -1030,6 +1031,159 @@ class CheckpointConfig:
 
 
 @dataclass(kw_only=True)
+class RLConfig:
+    """RL post-training (``farsync rl``): the task, GRPO's loss, the inference workers and their mode."""
+
+    task: Literal["arithmetic", "reversal", "sorting"] = "arithmetic"
+    """Shipped task with an offline-verifiable reward (each has a held-out set)."""
+    reward: str = ""
+    """A user reward ``"package.module:function"`` taking (prompt, completion) text (empty: the task's)."""
+    num_heldout: int = 200
+    """Held-out problems for pass@1."""
+    num_sft_steps: int = 400
+    """Supervised warm-start steps on the task's format before RL (0: none); reported separately."""
+    sft_lr: float = 3e-3
+    """Learning rate of the warm-start."""
+    sft_batch_size: int = 32
+    """Problems per warm-start step."""
+    sft_stop_at_pass: float = 0.0
+    """Stop the warm-start early once greedy pass@1 on a validation set (training-stream problems, never
+    the held-out ones), checked every 25 steps, reaches this (0: run all num_sft_steps)."""
+    num_difficulty_problems: int = 0
+    """Offline difficulty filtering (INTELLECT-2): sample this many training problems with the starting
+    policy and train only on those it solves sometimes (0: off, the unfiltered training stream)."""
+    num_difficulty_samples: int = 8
+    """Completions per problem when measuring its pass rate."""
+    num_steps: int = 150
+    """GRPO trainer steps (each publishes a new policy version)."""
+    num_groups_per_step: int = 8
+    """Prompts (groups) per trainer step; tied groups count but are not trained on."""
+    group_size: int = 8
+    """Completions sampled per prompt."""
+    lr: float = 3e-4
+    """Learning rate of the RL AdamW optimizer."""
+    loss: Literal["grpo", "dr_grpo", "two_sided"] = "two_sided"
+    """GRPO (arXiv 2402.03300), Dr. GRPO (2503.20783) or INTELLECT-2's two-sided clipping (2505.07291)."""
+    clip_low: float = 0.2
+    """Ratio clipped below at 1 - clip_low."""
+    clip_high: float = 0.2
+    """Ratio clipped above at 1 + clip_high."""
+    delta: float = 4.0
+    """two_sided: upper bound on the ratio for negative advantages (> 1 + clip_high)."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the warm-started reference policy (0: no reference kept)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    max_new_tokens: int = 6
+    """Longest completion (the end token included)."""
+    mode: Literal["sync", "async"] = "async"
+    """Echo's modes: sync waits for each new policy; async samples on with bounded staleness."""
+    max_staleness: int = 1
+    """async: a rollout more than this many versions old is dropped and counted (sync uses 0)."""
+    num_rollout_workers: int = 2
+    """Inference workers."""
+    num_trainers: int = 1
+    """GRPO trainers (threads, one gloo group) that split every batch and average gradients with DDP; each
+    pulls its own share of the groups."""
+    worker_slowdowns: list[float] = field(default_factory=list)
+    """Per-worker speed handicap (>= 1, one per worker; empty: all 1): emulates slower hardware."""
+    worker_backend: Literal["process", "thread"] = "process"
+    """Inference workers as separate processes (talking through the run directory) or threads."""
+    eval_every: int = 25
+    """Held-out pass@1 every this many RL steps (and at the start and end)."""
+    rollout_timeout_s: float = 300.0
+    """Longest wait for one batch of rollouts before the run fails with a clear error."""
+    weight_transport: Literal["relay", "http"] = "relay"
+    """How policy versions reach the workers (SHARDCAST-like sharded safetensors with sha256 checks): relay:
+    a relay directory in the run directory; http: that directory served over HTTP on loopback."""
+    shard_bytes: int = 4 * 1024 * 1024
+    """Target size of one weight shard in bytes (tensors are batched into shards up to this size)."""
+    verify: bool = True
+    """TOPLOC-like rollout verification: workers sample with a replayable seed and attach an activation
+    fingerprint; the trainer recomputes a share of rollouts and excludes a worker caught lying."""
+    verify_fraction: float = 0.25
+    """Share of rollouts the trainer recomputes (one forward pass each) when rl.verify is on."""
+
+    def validate(self) -> None:
+        for key in (
+            "num_heldout",
+            "num_steps",
+            "num_groups_per_step",
+            "num_rollout_workers",
+            "num_trainers",
+            "eval_every",
+            "sft_batch_size",
+            "max_new_tokens",
+        ):
+            _check(getattr(self, key) >= 1, f"rl.{key}", getattr(self, key), "must be >= 1")
+        _check(self.num_sft_steps >= 0, "rl.num_sft_steps", self.num_sft_steps, "must be >= 0")
+        _check(
+            self.num_difficulty_problems >= 0,
+            "rl.num_difficulty_problems",
+            self.num_difficulty_problems,
+            "must be >= 0 (0: no filtering)",
+        )
+        _check(
+            self.num_difficulty_samples >= 2,
+            "rl.num_difficulty_samples",
+            self.num_difficulty_samples,
+            "must be >= 2 (a pass rate strictly between 0 and 1 needs two samples)",
+        )
+        _check(
+            0 <= self.sft_stop_at_pass <= 1, "rl.sft_stop_at_pass", self.sft_stop_at_pass, "must be in [0, 1]"
+        )
+        _check(
+            self.group_size >= 2, "rl.group_size", self.group_size, "must be >= 2 (advantages are relative)"
+        )
+        for key in ("lr", "sft_lr", "temperature", "rollout_timeout_s"):
+            _check(getattr(self, key) > 0, f"rl.{key}", getattr(self, key), "must be > 0")
+        _check(self.shard_bytes >= 1024, "rl.shard_bytes", self.shard_bytes, "must be >= 1024")
+        _check(0 < self.verify_fraction <= 1, "rl.verify_fraction", self.verify_fraction, "must be in (0, 1]")
+        _check(0 <= self.clip_low < 1, "rl.clip_low", self.clip_low, "must be in [0, 1)")
+        _check(self.clip_high >= 0, "rl.clip_high", self.clip_high, "must be >= 0")
+        _check(
+            self.delta > 1 + self.clip_high,
+            "rl.delta",
+            self.delta,
+            f"must be > 1 + rl.clip_high ({1 + self.clip_high})",
+        )
+        _check(self.kl_coef >= 0, "rl.kl_coef", self.kl_coef, "must be >= 0")
+        _check(self.max_staleness >= 0, "rl.max_staleness", self.max_staleness, "must be >= 0")
+        _check(
+            self.reward == "" or ":" in self.reward,
+            "rl.reward",
+            self.reward,
+            "expected 'package.module:function' (a callable (prompt, completion) -> float) or empty",
+        )
+        _check(
+            not self.worker_slowdowns or len(self.worker_slowdowns) == self.num_rollout_workers,
+            "rl.worker_slowdowns",
+            self.worker_slowdowns,
+            f"needs one value per worker (rl.num_rollout_workers = {self.num_rollout_workers}) or none",
+        )
+        _check(
+            all(v >= 1 for v in self.worker_slowdowns),
+            "rl.worker_slowdowns",
+            self.worker_slowdowns,
+            "every value must be >= 1 (1 = full speed)",
+        )
+        _check(
+            self.num_groups_per_step % self.num_trainers == 0,
+            "rl.num_groups_per_step",
+            self.num_groups_per_step,
+            f"must be a multiple of rl.num_trainers ({self.num_trainers}): each trainer takes an equal share",
+        )
+        _check(
+            self.mode == "async"
+            or self.num_groups_per_step % (self.num_rollout_workers * self.num_trainers) == 0,
+            "rl.num_groups_per_step",
+            self.num_groups_per_step,
+            f"sync mode splits a batch evenly over workers and trainers: must be a multiple of "
+            f"rl.num_rollout_workers x rl.num_trainers ({self.num_rollout_workers * self.num_trainers})",
+        )
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     """A whole run. Load with :func:`load_config`; every section validates itself."""
 
@@ -1052,6 +1206,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def validate(self) -> None:
         _check(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
@@ -1070,6 +1225,7 @@ class RunConfig:
         self.privacy.validate()
         self.checkpoint.validate()
         self.logging.validate()
+        self.rl.validate()
         self._validate_across_sections()
         self._validate_shards()
 
