@@ -278,7 +278,7 @@ class SwarmNode:
     def receive(self, inbox: dict[str, list[bytes]]) -> list[ScoredGroup]:
         """Screens the messages of each sender (see the module doc) and returns up to ``num_shared_groups``
         of the surviving, untied groups, drawn at random."""
-        usable: list[ScoredGroup] = []
+        usable: list[tuple[ReceivedGroup, list[float]]] = []
         trust_claims = not any(d.name == "reward_check" for d in self.defences)
         for sender, messages in inbox.items():
             for message in messages:
@@ -295,10 +295,10 @@ class SwarmNode:
                 if len(set(rewards)) == 1:
                     self.counters.tied_shared += 1
                     continue
-                usable.append(self._as_scored(group, rewards))
+                usable.append((group, rewards))
         chosen = self.rng.sample(usable, min(self.settings.num_shared_groups, len(usable)))
         self.counters.shared_used += len(chosen)
-        return chosen
+        return [self._as_scored(group, rewards) for group, rewards in chosen]
 
     def _as_scored(self, group: ReceivedGroup, rewards: list[float]) -> ScoredGroup:
         logprobs, mask = group.receiver_logprobs(self.model, self.settings.temperature)
