@@ -63,6 +63,8 @@ FULL: dict[str, Any] = {
     "num_nodes": 8,
     "num_heldout": 200,
     "warm_pass": 0.25,
+    "num_validation": 100,
+    "group_size": 8,
     "max_sft_steps": 2000,
     "lr": 3e-4,
     "legs": list(LEGS),
@@ -71,9 +73,11 @@ FULL: dict[str, Any] = {
 QUICK: dict[str, Any] = {**FULL, "seeds": [0], "num_rounds": 30, "num_heldout": 100}
 SMOKE: dict[str, Any] = {
     **QUICK,
-    "num_rounds": 2,
+    "num_rounds": 1,
     "num_nodes": 4,
     "num_heldout": 8,
+    "num_validation": 8,
+    "group_size": 4,
     "max_sft_steps": 25,
     "model": {"num_layers": 1, "width": 16, "num_heads": 2, "context_length": 16},
 }
@@ -84,7 +88,7 @@ def _warm_start(plan: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor
     model = build_policy(**plan["model"], vocab_size=task_vocab_size())
     task = make_task("arithmetic", seed=seed, num_heldout=plan["num_heldout"])
     trainer = SupervisedTrainer(model, task, lr=3e-3, batch_size=32)
-    validation, reached = task.validation(100), 0.0
+    validation, reached = task.validation(plan["num_validation"]), 0.0
     while trainer.num_steps < plan["max_sft_steps"] and reached < plan["warm_pass"]:
         trainer.run(25)
         reached = pass_at_1(model, validation, task.reward, CharTokenizer(), max_new_tokens=6)
@@ -101,6 +105,7 @@ def _leg(plan: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tenso
         num_heldout=plan["num_heldout"],
         num_nodes=plan["num_nodes"],
         num_rounds=plan["num_rounds"],
+        group_size=plan["group_size"],
         lr=plan["lr"],
         loss=LossConfig(loss="two_sided"),
         model_shape=plan["model"],
