@@ -11,7 +11,12 @@ groups of 8 completions trained on per step in every leg):
 * ``poisoned``: ``swarm`` with 2 of the 8 nodes malicious (out-of-context attack: the trigger " zz" after
   correct answers), no defence;
 * ``defended``: ``poisoned`` with the reward check and the token log-probability filter;
-* ``clean_defended``: ``swarm`` with those defences and no attack (the defence's cost in clean reward).
+* ``clean_defended``: ``swarm`` with those defences and no attack (the defence's cost in clean reward);
+* full version only: ``judged`` (``poisoned`` with the reward check and the rule-based judge, the defence for
+  swarms of different models), ``in_context`` (2 nodes share wrong answers claimed with reward 1, no
+  defence) and ``in_context_checked`` (the same with the reward check).
+
+For the in-context legs the "trigger rate" is not meaningful; their held-out pass@1 is the measure.
 
 Reported per leg (means over the honest nodes, then medians over seeds): cumulative reward (the sum over
 rounds of the mean reward of a node's own samples, SAPO's measure), held-out greedy pass@1 at the end, the
@@ -54,6 +59,25 @@ LEGS: dict[str, dict[str, Any]] = {
         "defences": _DEFENCES,
     },
     "clean_defended": {"num_local_groups": 4, "num_shared_groups": 4, "defences": _DEFENCES},
+    "judged": {
+        "num_local_groups": 4,
+        "num_shared_groups": 4,
+        "malicious_fraction": 0.25,
+        "defences": ["reward_check", "judge"],
+    },
+    "in_context": {
+        "num_local_groups": 4,
+        "num_shared_groups": 4,
+        "malicious_fraction": 0.25,
+        "attack": "in_context",
+    },
+    "in_context_checked": {
+        "num_local_groups": 4,
+        "num_shared_groups": 4,
+        "malicious_fraction": 0.25,
+        "attack": "in_context",
+        "defences": ["reward_check"],
+    },
 }
 """Each leg's settings on top of the plan's."""
 
@@ -70,7 +94,13 @@ FULL: dict[str, Any] = {
     "legs": list(LEGS),
     "model": {"num_layers": 2, "width": 64, "num_heads": 4, "context_length": 16},
 }
-QUICK: dict[str, Any] = {**FULL, "seeds": [0], "num_rounds": 30, "num_heldout": 100}
+QUICK: dict[str, Any] = {
+    **FULL,
+    "seeds": [0],
+    "num_rounds": 30,
+    "num_heldout": 100,
+    "legs": ["local", "swarm", "poisoned", "defended", "clean_defended"],
+}
 SMOKE: dict[str, Any] = {
     **QUICK,
     "num_rounds": 1,
@@ -78,6 +108,7 @@ SMOKE: dict[str, Any] = {
     "num_heldout": 8,
     "num_validation": 8,
     "group_size": 4,
+    "legs": list(LEGS),
     "max_sft_steps": 25,
     "model": {"num_layers": 1, "width": 16, "num_heads": 2, "context_length": 16},
 }
@@ -262,5 +293,6 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         "seconds": time.perf_counter() - begin,
         "host": f"{platform.machine()} CPU, torch {torch.__version__}",
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_results(out_dir, "rl_swarm", result, _markdown(result))
     return result
