@@ -20,6 +20,8 @@ an algorithm, give it a communicator and, if you like, a reducer::
   ledger, clock and link model.
 * Whole runs: :func:`load_config` and the config sections; :class:`TrainingLoop` with :func:`build_algorithm`
   and :func:`build_reducer` (the CLI's own mapping of a run config to objects).
+* RL post-training: :func:`run_rl` (``farsync rl``: GRPO with decoupled inference workers, a user's reward
+  function ``(prompt, completion) -> float``) with :class:`RLConfig`; the pieces are in :mod:`farsync.rl`.
 """
 
 from farsync.algorithms import (
@@ -46,6 +48,7 @@ from farsync.config import (
     GossipConfig,
     NetworkConfig,
     PrivacyConfig,
+    RLConfig,
     RunConfig,
     TrainConfig,
     load_config,
@@ -55,6 +58,7 @@ from farsync.reducers.base import MeanReducer, Reducer
 from farsync.reducers.compressed import GatherReducer, LowRankReducer, RingReducer, build_compressed_reducer
 from farsync.reducers.private import PrivateReducer, build_private_reducer
 from farsync.reducers.robust import RobustReducer, build_robust_reducer
+from farsync.rl.runner import run_rl
 from farsync.train import TrainingLoop, WorkerContext, WorkerResult
 from farsync.train.build import build_algorithm, build_reducer, make_reducer
 
@@ -81,6 +85,7 @@ __all__ = [
     "NetworkConfig",
     "OverlappedDiLoCo",
     "PrivacyConfig",
+    "RLConfig",
     "PrivateReducer",
     "Reducer",
     "RingReducer",
@@ -105,6 +110,7 @@ __all__ = [
     "make_reducer",
     "open_store",
     "params_sha256",
+    "run_rl",
 ]
 
 __version__ = "0.1.0"

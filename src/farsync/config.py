@@ -883,6 +883,11 @@ class RLConfig:
     sft_stop_at_pass: float = 0.0
     """Stop the warm-start early once greedy pass@1 on a validation set (training-stream problems, never
     the held-out ones), checked every 25 steps, reaches this (0: run all num_sft_steps)."""
+    num_difficulty_problems: int = 0
+    """Offline difficulty filtering (INTELLECT-2): sample this many training problems with the starting
+    policy and train only on those it solves sometimes (0: off, the unfiltered training stream)."""
+    num_difficulty_samples: int = 8
+    """Completions per problem when measuring its pass rate."""
     num_steps: int = 150
     """GRPO trainer steps (each publishes a new policy version)."""
     num_groups_per_step: int = 8
@@ -932,6 +937,18 @@ class RLConfig:
         ):
             _check(getattr(self, key) >= 1, f"rl.{key}", getattr(self, key), "must be >= 1")
         _check(self.num_sft_steps >= 0, "rl.num_sft_steps", self.num_sft_steps, "must be >= 0")
+        _check(
+            self.num_difficulty_problems >= 0,
+            "rl.num_difficulty_problems",
+            self.num_difficulty_problems,
+            "must be >= 0 (0: no filtering)",
+        )
+        _check(
+            self.num_difficulty_samples >= 2,
+            "rl.num_difficulty_samples",
+            self.num_difficulty_samples,
+            "must be >= 2 (a pass rate strictly between 0 and 1 needs two samples)",
+        )
         _check(
             0 <= self.sft_stop_at_pass <= 1, "rl.sft_stop_at_pass", self.sft_stop_at_pass, "must be in [0, 1]"
         )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +25,7 @@ from farsync.rl.broadcast import BroadcastFailed, RelayPublisher, RelaySource, v
 from farsync.rl.broadcast_faults import BreakingRelay, CorruptingRelay
 from farsync.rl.broadcast_manifest import ManifestLimits, ManifestRejected, parse_manifest, plan_shards
 from farsync.rl.broadcast_relay import DirectoryRelay, HttpRelay, RelayServer, check_name
+from farsync.rl.broadcast_writer import LatestWinsWriter
 from farsync.rl.transport import WeightPublisher, WeightSource, WeightsUnavailable
 
 
@@ -70,6 +75,20 @@ def test_roundtrip_is_bit_exact_and_satisfies_the_interfaces(tmp_path: Path) -> 
     assert json.loads((tmp_path / "relay/consumers/w0.json").read_bytes())["version"] == 3
     with pytest.raises(ValueError, match="not newer"):
         publisher.publish(3, _state())
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_version_is_a_snapshot_taken_at_publish(tmp_path: Path, background: bool) -> None:
+    publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096, background=background)
+    source = RelaySource(DirectoryRelay(tmp_path / "relay"), None, "w0")
+    for version in range(3):
+        state = _state(version)
+        publisher.publish(version, state)
+        state["embed.weight"].add_(1.0)  # the next training step, while the version may still be written
+    publisher.close()
+    version, fetched = source.fetch_latest(timeout_s=5.0)
+    assert version == 2 and _equal(fetched, _state(2))
+    assert publisher.published_versions() == [2]
 
 
 def test_manifest_and_pointer_are_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,11 +162,13 @@ def test_corruption_in_transit_is_refetched(tmp_path: Path) -> None:
     assert source.stats.num_corrupt_rejected == sum(relay.corrupted.values())
 
 
-def test_resume_fetches_only_the_missing_shards(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_resume_fetches_only_the_missing_shards(tmp_path: Path, on_disk: bool) -> None:
     publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096)
     publisher.publish(0, _state())
     relay = BreakingRelay(DirectoryRelay(tmp_path / "relay"), num_good_reads=2)
-    source = RelaySource(relay, tmp_path / "cache", "w0", num_threads=1, num_retries=0)
+    cache = tmp_path / "cache" if on_disk else None
+    source = RelaySource(relay, cache, "w0", num_threads=1, num_retries=0)
     with pytest.raises(BroadcastFailed, match="connection to the relay lost"):
         source.fetch_latest(timeout_s=5.0)
     first = list(relay.shard_reads)
@@ -326,3 +347,77 @@ def test_bytes_are_in_the_ledger_and_the_link_time_is_applied(tmp_path: Path) ->
     assert publisher_clock.offset == pytest.approx(upload, abs=0.5)
     assert source_clock.offset == pytest.approx(download, abs=0.5)
     assert received.blocked_s >= download
+
+
+def test_the_background_writer_skips_a_version_replaced_while_waiting() -> None:
+    started, release, written = threading.Event(), threading.Event(), []
+
+    def write(version: int, tensors: dict[str, torch.Tensor]) -> None:
+        started.set()
+        if version == 1:
+            release.wait(5.0)
+        written.append(version)
+
+    writer = LatestWinsWriter(write, timeout_s=5.0)
+    writer.submit(1, {})
+    assert started.wait(5.0)
+    writer.submit(2, {})
+    writer.submit(3, {})  # replaces 2, which was still waiting
+    release.set()
+    writer.close()
+    assert written == [1, 3] and writer.num_skipped == 1
+
+
+def test_a_failed_background_write_is_raised_by_the_next_call() -> None:
+    def write(version: int, tensors: dict[str, torch.Tensor]) -> None:
+        raise OSError("disk full")
+
+    writer = LatestWinsWriter(write, timeout_s=5.0)
+    writer.submit(0, {})
+    with pytest.raises(RuntimeError, match="disk full"):
+        writer.flush()
+    writer.close()
+
+
+_CONSUMER = """
+import hashlib, sys
+from farsync.rl.broadcast import RelaySource
+from farsync.rl.broadcast_relay import HttpRelay
+source = RelaySource(HttpRelay(sys.argv[1]), None, "process-worker")
+version, state = source.fetch_latest(timeout_s=30.0)
+digest = hashlib.sha256(b"".join(state[k].contiguous().view(-1).view(torch.uint8).numpy().tobytes() for k in sorted(state)))
+print(version, digest.hexdigest())
+"""
+
+
+def test_a_consumer_in_another_process_fetches_over_http(tmp_path: Path) -> None:
+    state = _state(5)
+    expected = hashlib.sha256(
+        b"".join(state[k].contiguous().view(-1).view(torch.uint8).numpy().tobytes() for k in sorted(state))
+    ).hexdigest()
+    publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096)
+    publisher.publish(4, state)
+    with RelayServer(tmp_path / "relay") as server:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        done = subprocess.run(
+            [sys.executable, "-c", "import torch\n" + _CONSUMER, server.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["4", expected]
+    assert publisher.consumer_versions() == {"process-worker": 4}
+
+
+def test_a_background_publish_leaves_the_link_time_off_the_trainer(tmp_path: Path) -> None:
+    clock, ledger = Clock("virtual"), ByteLedger(rank=0)
+    link = LinkEmulator(LinkModel(bandwidth_bps=80e3, latency_s=0.05), clock, ledger, "weights", group_size=2)
+    publisher = RelayPublisher(tmp_path / "relay", shard_bytes=4096, link=link, background=True)
+    publisher.publish(0, _state())
+    publisher.close()
+    sent = ledger.entries[("weights", "send")]
+    assert sent.calls == 1 and sent.bytes_sent > 16_000 and sent.modeled_s > 1.0  # about 2 s at 10 kB/s
+    assert clock.offset == 0.0 and sent.blocked_s == 0.0  # the writer thread waited, not the trainer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from farsync.rl.policy import build_policy, completion_logprobs, pass_at_1, sample_group
@@ -10,15 +11,18 @@ from farsync.rl.tasks import CharTokenizer, Problem, arithmetic_reward
 TOKENIZER = CharTokenizer()
 
 
-def _model() -> torch.nn.Module:
+def _model(kind: str = "gpt") -> torch.nn.Module:
     torch.manual_seed(0)
     return build_policy(
-        num_layers=1, width=32, num_heads=2, context_length=16, vocab_size=TOKENIZER.vocab_size
+        num_layers=1, width=32, num_heads=2, context_length=16, vocab_size=TOKENIZER.vocab_size, kind=kind
     )
 
 
-def test_trainer_logprobs_match_the_sampler_and_seeds_replay() -> None:
-    model = _model()
+@pytest.mark.parametrize("kind", ["gpt", "hf"])
+def test_trainer_logprobs_match_the_sampler_and_seeds_replay(kind: str) -> None:
+    if kind == "hf":
+        pytest.importorskip("transformers")
+    model = _model(kind)
     prompt = TOKENIZER.encode("12+7=")
     samples = sample_group(
         model,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from farsync.config import ConfigError, ModelConfig, RLConfig, RunConfig
+from farsync.rl.proofs import Verdict
 from farsync.rl.runner import run_rl
 
 
@@ -78,3 +79,73 @@ def test_model_too_short_for_the_task_is_a_config_error(tmp_path: Path) -> None:
     config.model.context_length = 8
     with pytest.raises(ConfigError, match="model.context_length"):
         run_rl(config, tmp_path)
+
+
+class LengthProver:
+    """Test prover: the fingerprint is the completion's length (module-level, so it pickles)."""
+
+    def prove(self, model: object, prompt_ids: tuple[int, ...], completion_ids: tuple[int, ...]) -> bytes:
+        return bytes([len(completion_ids)])
+
+
+class LengthVerifier:
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def verify(self, rollout: object, model: object) -> Verdict:
+        from farsync.rl.messages import Rollout
+
+        assert isinstance(rollout, Rollout)
+        self.checked += 1
+        return Verdict(rollout.fingerprint == bytes([len(rollout.completion_ids)]), "length proof")
+
+
+def test_process_worker_gets_the_prover_and_the_trainer_verifies(tmp_path: Path) -> None:
+    verifier = LengthVerifier()
+    config = _config(
+        mode="sync", num_sft_steps=0, num_steps=1, num_rollout_workers=1, worker_backend="process"
+    )
+    summary = run_rl(config, tmp_path, prover=LengthProver(), verifier=verifier)
+    assert summary["num_steps"] == 1
+    assert (
+        verifier.checked == 2 * 4
+    )  # every rollout of the step's 2 groups, each proven in the worker process
+    assert summary["intake"]["rejected"] == {}
+    assert (tmp_path / "workers" / "w0.json").is_file()
+
+
+def test_a_closure_reward_cannot_go_to_process_workers(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must pickle"):
+        run_rl(_config(num_sft_steps=0, worker_backend="process"), tmp_path, reward=lambda p, c: 0.0)
+
+
+def _even_length(prompt: str, completion: str) -> float:
+    return float(len(completion) % 2 == 0)
+
+
+def test_offline_difficulty_filtering_keeps_problems_solved_sometimes(tmp_path: Path) -> None:
+    config = _config(mode="sync", num_sft_steps=0, num_steps=1, num_difficulty_problems=6)
+    summary = run_rl(config, tmp_path, reward=_even_length)
+    difficulty = summary["difficulty"]
+    assert difficulty["num_candidates"] == 6
+    assert difficulty["num_kept"] + difficulty["num_always_solved"] + difficulty["num_never_solved"] == 6
+    assert difficulty["num_kept"] >= 1
+    assert summary["num_steps"] == 1
+
+
+def test_a_hugging_face_policy_trains_too(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    config = _config(mode="sync", num_sft_steps=5, num_steps=1)
+    config.model.kind = "hf"
+    config.model.architecture = "llama"
+    summary = run_rl(config, tmp_path)
+    assert summary["num_steps"] == 1 and summary["intake"]["rejected"] == {}
+
+
+def test_a_checkpoint_directory_is_refused_for_rl(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    config = _config()
+    config.model.kind, config.model.hf_path = "hf", str(tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match="model.hf_path"):
+        run_rl(config, tmp_path / "run")

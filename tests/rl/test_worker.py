@@ -98,3 +98,15 @@ def test_async_worker_pauses_while_the_channel_is_full() -> None:
     stop.set()
     thread.join(5.0)
     assert not thread.is_alive()
+
+
+def test_worker_draws_only_the_kept_problems() -> None:
+    from farsync.rl.messages import parse_rollout
+
+    _, channel, stop, thread = _start(_settings("async", problem_indices=[5, 9]))
+    _wait_for(lambda: channel.pending() >= 6)
+    stop.set()
+    thread.join(5.0)
+    limits = RolloutLimits(vocab_size=SHAPE["vocab_size"])
+    task_ids = {parse_rollout(m, limits).task_id for m in channel.pull(100, timeout_s=0.1)}
+    assert task_ids == {"arithmetic/train/9"}  # worker 1 of 2 takes every other kept problem

@@ -18,10 +18,14 @@ Fetching: the consumer reads ``LATEST``, then the manifest (checked against the 
 strictly), then the shards in parallel threads. A shard whose size or sha256 differs is rejected, logged and
 fetched again, at most ``num_retries`` more times; then the fetch fails with :class:`BroadcastFailed` (a
 :class:`~farsync.rl.transport.WeightsUnavailable`) and the consumer keeps the version it holds: a corrupted
-shard is never parsed, let alone loaded. A verified shard is kept in the consumer's cache directory, so a
-fetch broken off half-way resumes with the shards still missing. Only then are shards parsed
-(safetensors, never pickle) and each tensor checked against the manifest's name, dtype and shape. The
-consumer reports the version it holds to the relay (``consumers/<id>.json``).
+shard is never parsed, let alone loaded. A verified shard is kept (in memory, or in the consumer's cache
+directory to survive a restart), so a fetch broken off half-way resumes with the shards still missing. Only
+when every shard is verified are they parsed (safetensors, never pickle) and each tensor checked against the
+manifest's name, dtype and shape. The consumer reports the version it holds to the relay
+(``consumers/<id>.json``).
+
+``RelayPublisher(background=True)`` copies the tensors and returns; a writer thread publishes the newest
+version (:mod:`farsync.rl.broadcast_writer`), so the trainer does not wait for the disk or the link.
 
 Bytes and time: with a :class:`~farsync.comm.link.LinkEmulator`, the publisher's upload is charged as a
 ``send`` of the version's bytes and each consumer's download as a ``recv`` of the bytes it fetched (retries
@@ -61,6 +65,7 @@ from farsync.rl.broadcast_manifest import (
     plan_shards,
 )
 from farsync.rl.broadcast_relay import Relay, RelayError, RelayMissing, report_age_s, write_atomically
+from farsync.rl.broadcast_writer import LatestWinsWriter
 from farsync.rl.transport import WeightsUnavailable
 
 __all__ = ["BroadcastFailed", "FetchStats", "RelayPublisher", "RelaySource", "version_dir"]
@@ -94,6 +99,13 @@ class RelayPublisher:
         num_keep: the newest versions always kept, whatever the consumers report (>= 1).
         consumer_stale_s: a consumer whose last report is older than this no longer holds back deletion.
         link: the trainer's emulated link to the relay (``None``: nothing modeled).
+        background: :meth:`publish` only snapshots the tensors and returns; a background thread writes the
+            version, the newest first (:class:`~farsync.rl.broadcast_writer.LatestWinsWriter`: a version
+            still waiting when a newer one comes is skipped). :meth:`flush` waits for the writes and re-raises
+            a failed one.
+        timeout_s: the longest :meth:`flush` waits for background writes.
+
+    The tensors are copied when ``publish`` is called, so later training steps never change a version.
     """
 
     def __init__(
@@ -104,14 +116,17 @@ class RelayPublisher:
         num_keep: int = 1,
         consumer_stale_s: float = 600.0,
         link: LinkEmulator | None = None,
+        background: bool = False,
+        timeout_s: float = 120.0,
     ) -> None:
         if shard_bytes < 1 or num_keep < 1 or consumer_stale_s <= 0:
             raise ValueError("shard_bytes and num_keep must be >= 1 and consumer_stale_s > 0")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.shard_bytes, self.num_keep, self.consumer_stale_s = shard_bytes, num_keep, consumer_stale_s
-        self.link = link
+        self.link, self.timeout_s = link, timeout_s
         self.latest = max(self.published_versions(), default=-1)
+        self._writer = LatestWinsWriter(self._write, timeout_s) if background else None
 
     def published_versions(self) -> list[int]:
         """Versions with a directory on the relay (complete or not), oldest first."""
@@ -122,8 +137,32 @@ class RelayPublisher:
         """Writes ``state_dict`` as ``version``: shards, then the manifest, then ``LATEST`` (module docstring)."""
         if version <= self.latest:
             raise ValueError(f"version {version} is not newer than the published {self.latest}")
+        tensors = {
+            name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state_dict.items()
+        }
+        self.latest = version
+        if self._writer is None:
+            self._write(version, tensors)
+            return
+        self._writer.submit(version, tensors)
+
+    @property
+    def num_skipped(self) -> int:
+        """Versions replaced by a newer one before the background writer got to them."""
+        return self._writer.num_skipped if self._writer is not None else 0
+
+    def flush(self) -> None:
+        """Waits for the background writes (if any) and re-raises a failed one."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Finishes the background writes, then stops the writer thread."""
+        if self._writer is not None:
+            self._writer.close()
+
+    def _write(self, version: int, tensors: dict[str, Tensor]) -> None:
         begin = self.link.clock.now() if self.link is not None else 0.0
-        tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
         directory = self.root / version_dir(version)
         shards: list[ShardSpec] = []
         for index, names in enumerate(plan_shards(tensors, self.shard_bytes)):
@@ -137,7 +176,6 @@ class RelayPublisher:
         write_atomically(directory / "manifest.json", manifest)
         pointer = {"version": version, "manifest_sha256": _sha256(manifest)}
         write_atomically(self.root / "LATEST", json.dumps(pointer).encode())
-        self.latest = version
         if self.link is not None:
             start, modeled = self.link.charge(
                 Collective.SEND, sum(s.num_bytes for s in shards) + len(manifest)
@@ -170,7 +208,7 @@ class RelayPublisher:
         """Deletes versions older than every live consumer's and not among the newest ``num_keep``."""
         versions = self.published_versions()
         held = self.consumer_versions()
-        floor = min(held.values()) if held else self.latest
+        floor = min(held.values()) if held else max(versions, default=-1)
         keep = set(versions[-self.num_keep :])
         deleted = [v for v in versions if v < floor and v not in keep]
         for version in deleted:
@@ -198,7 +236,8 @@ class RelaySource:
 
     Args:
         relay: where versions are read (:class:`~farsync.rl.broadcast_relay.DirectoryRelay` or ``HttpRelay``).
-        cache_dir: this consumer's own directory for verified shards (resume after a broken transfer).
+        cache_dir: this consumer's own directory for verified shards, so a fetch resumes after a broken
+            transfer even across a restart; ``None`` keeps them in memory (resume within the process).
         consumer_id: the name it reports under (``[A-Za-z0-9_.-]``, at most 64 characters).
         num_threads: shards fetched in parallel.
         num_retries: further attempts at a shard after a corrupt or failed read.
@@ -210,7 +249,7 @@ class RelaySource:
     def __init__(
         self,
         relay: Relay,
-        cache_dir: Path | str,
+        cache_dir: Path | str | None,
         consumer_id: str,
         *,
         num_threads: int = 4,
@@ -223,7 +262,9 @@ class RelaySource:
             raise ValueError(f"consumer_id {consumer_id!r} must be 1-64 characters of [A-Za-z0-9_.-]")
         if num_threads < 1 or num_retries < 0 or poll_interval_s <= 0:
             raise ValueError("num_threads must be >= 1, num_retries >= 0 and poll_interval_s > 0")
-        self.relay, self.cache_dir, self.consumer_id = relay, Path(cache_dir), consumer_id
+        self.relay, self.consumer_id = relay, consumer_id
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._memory: dict[str, bytes] = {}  # verified shards by relay name, when there is no cache_dir
         self.num_retries, self.poll_interval_s = num_retries, poll_interval_s
         self.limits = limits if limits is not None else ManifestLimits()
         self.link = link
@@ -307,11 +348,13 @@ class RelaySource:
         raise BroadcastFailed(f"manifest {name}: {problem}")
 
     def _shards(self, manifest: Manifest, deadline: float) -> dict[str, bytes]:
-        cache = self.cache_dir / version_dir(manifest.version)
+        directory = version_dir(manifest.version)
+        with self._lock:  # shards of an older version that never completed are of no more use
+            self._memory = {k: v for k, v in self._memory.items() if k.startswith(f"{directory}/")}
         payloads: dict[str, bytes] = {}
         missing: list[ShardSpec] = []
         for shard in manifest.shards:
-            cached = self._cached(cache / shard.name, shard)
+            cached = self._cached(f"{directory}/{shard.name}", shard)
             if cached is None:
                 missing.append(shard)
             else:
@@ -322,7 +365,9 @@ class RelaySource:
         if self.link is not None and missing:
             # Charged when issued, as the communicator does: the real transfer overlaps the modeled one.
             start, modeled = self.link.charge(Collective.RECV, sum(s.num_bytes for s in missing))
-        futures: list[Future[bytes]] = [self._pool.submit(self._fetch, s, cache, deadline) for s in missing]
+        futures: list[Future[bytes]] = [
+            self._pool.submit(self._fetch, s, directory, deadline) for s in missing
+        ]
         done, pending = wait(
             futures, timeout=max(deadline - time.monotonic(), 0.0), return_when=FIRST_EXCEPTION
         )
@@ -345,7 +390,10 @@ class RelaySource:
             self.link.blocked_since(begin, Collective.RECV.value)
         return payloads
 
-    def _cached(self, path: Path, shard: ShardSpec) -> bytes | None:
+    def _cached(self, name: str, shard: ShardSpec) -> bytes | None:
+        if self.cache_dir is None:
+            return self._memory.get(name)  # verified when stored
+        path = self.cache_dir / name
         try:
             data = path.read_bytes()
         except OSError:
@@ -355,8 +403,15 @@ class RelaySource:
         path.unlink(missing_ok=True)
         return None
 
-    def _fetch(self, shard: ShardSpec, cache: Path, deadline: float) -> bytes:
-        name = f"{cache.name}/{shard.name}"
+    def _keep(self, name: str, data: bytes) -> None:
+        if self.cache_dir is None:
+            with self._lock:
+                self._memory[name] = data
+        else:
+            write_atomically(self.cache_dir / name, data)
+
+    def _fetch(self, shard: ShardSpec, directory: str, deadline: float) -> bytes:
+        name = f"{directory}/{shard.name}"
         problem = ""
         for attempt in range(self.num_retries + 1):
             remaining = deadline - time.monotonic()
@@ -381,7 +436,7 @@ class RelaySource:
                 )
                 self._count(num_corrupt_rejected=1)
                 continue
-            write_atomically(cache / shard.name, data)
+            self._keep(name, data)
             self._count(num_shards_fetched=1)
             return data
         raise BroadcastFailed(f"shard {name} after {self.num_retries + 1} attempts: {problem}")
@@ -407,7 +462,9 @@ class RelaySource:
     def _hold(self, version: int) -> None:
         self.held_version = version
         self._count(num_versions_loaded=1)
-        for path in self.cache_dir.glob("v*"):
+        with self._lock:
+            self._memory.clear()
+        for path in self.cache_dir.glob("v*") if self.cache_dir is not None else ():
             match = _VERSION_DIR.fullmatch(path.name)
             if match is not None and int(match.group(1)) < version:
                 shutil.rmtree(path, ignore_errors=True)

@@ -68,14 +68,19 @@ def check_name(name: str) -> str:
     return name
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part."""
+def write_atomically(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Writes ``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part.
+
+    ``durable`` also flushes the file to disk before it is renamed (a machine crash cannot leave it half
+    written). Broadcast does not need it: a shard lost in a crash fails its checksum and is fetched again.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 

@@ -7,8 +7,8 @@ This module owns the three ways RL runs a language model: :func:`sample_group` (
 :func:`pass_at_1` (greedy decoding on a held-out set, scored by the task's reward). Completions end with the
 tokenizer's end token (included in the completion, so the policy learns to stop) or at ``max_new_tokens``.
 
-Any model that maps ``[B, T]`` token ids to ``[B, T, V]`` logits works (farsync's GPT, or a wrapped Hugging
-Face model). Sampling uses an explicit ``torch.Generator`` so a rollout's ``seed`` replays it.
+Any model that maps ``[B, T]`` token ids to ``[B, T, V]`` logits works: farsync's GPT or a Hugging Face
+causal LM behind :class:`farsync.models.hf.HFCausalLM` (:func:`build_policy` makes either). Sampling uses an explicit ``torch.Generator`` so a rollout's ``seed`` replays it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,35 @@ from farsync.rl.tasks import CharTokenizer, Problem, RewardFn, safe_reward
 __all__ = ["build_policy", "completion_logprobs", "pass_at_1", "sample_group", "sft_loss"]
 
 
-def build_policy(*, num_layers: int, width: int, num_heads: int, context_length: int, vocab_size: int) -> GPT:
-    """A farsync GPT sized for a task's character vocabulary."""
+def build_policy(
+    *,
+    num_layers: int,
+    width: int,
+    num_heads: int,
+    context_length: int,
+    vocab_size: int,
+    kind: str = "gpt",
+    architecture: str = "llama",
+    num_kv_heads: int = 0,
+    intermediate_size: int = 0,
+    tie_embeddings: bool = False,
+) -> nn.Module:
+    """A policy sized for a task's vocabulary: farsync's GPT (``kind="gpt"``), or a Hugging Face causal LM
+    of ``architecture`` built from the same size keys (``kind="hf"``, randomly initialised; needs
+    ``transformers``). Both map token ids ``[B, T]`` to logits ``[B, T, vocab_size]``."""
+    if kind == "hf":
+        from farsync.models.hf import build_hf_model
+
+        size: dict[str, int | bool] = {
+            "hidden_size": width,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "num_kv_heads": num_kv_heads or num_heads,
+            "tie_embeddings": tie_embeddings,
+        }
+        if intermediate_size:
+            size["intermediate_size"] = intermediate_size
+        return build_hf_model(architecture, size, None, vocab_size, context_length)
     return GPT(
         GPTConfig(
             num_layers=num_layers,

@@ -2,7 +2,9 @@
 
 This module owns starting :func:`farsync.rl.worker.run_worker` for every configured worker and ending them:
 threads share an in-process channel and weight store; processes (``spawn``, one torch thread each) talk
-through the run directory (:mod:`farsync.rl.files`) and stop when ``stop`` appears there. ``stop`` waits a
+through the run directory (:mod:`farsync.rl.files`) and stop when ``stop`` appears there. A reward function
+or prover given by the caller reaches a process as its start-up argument (the parent's own objects; they
+must pickle, which is checked up front with a clear error). ``stop`` waits a
 bounded time for each worker, then terminates a process that has not finished (and logs it).
 """
 
@@ -53,13 +55,13 @@ class WorkerPool:
             (run_dir / "stop").unlink(missing_ok=True)
             self.weights = DirectoryWeights(run_dir / "weights")
             self.channel = DirectoryRolloutChannel(run_dir / "rollouts")
-            if reward is not None:
+            for name, value in (("reward callable", reward), ("prover", prover)):
                 try:
-                    pickle.dumps(reward)
+                    pickle.dumps(value)
                 except Exception:  # noqa: BLE001 - any pickling failure means the same thing here
                     raise ValueError(
-                        "a reward callable for process workers must be a module-level function "
-                        "(importable by name); use worker_backend = 'thread' for closures and lambdas"
+                        f"a {name} for process workers must pickle (a module-level function or class "
+                        "instance); use worker_backend = 'thread' for closures and lambdas"
                     ) from None
         self._reward, self._prover = reward, prover
 
@@ -76,7 +78,7 @@ class WorkerPool:
                 context = multiprocessing.get_context("spawn")
                 process = context.Process(
                     target=worker_process,
-                    args=(asdict(each), str(self.run_dir)),
+                    args=(asdict(each), str(self.run_dir), self._reward, self._prover),
                     daemon=True,
                     name=each.worker_id,
                 )

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from farsync.config import RunConfig, config_to_toml
-from farsync.report.loggers import run_loggers
+from farsync.rl.difficulty import keep_by_difficulty, pass_rates
 from farsync.rl.grpo import LossConfig
 from farsync.rl.intake import RolloutIntake
 from farsync.rl.messages import RolloutLimits
@@ -48,19 +48,27 @@ class RLStalled(TimeoutError):
     """No batch of usable rollouts arrived within ``rl.rollout_timeout_s``."""
 
 
-def model_shape(config: RunConfig) -> dict[str, int]:
-    """The GPT size of ``[model]`` with the task tokenizer's vocabulary."""
+def model_shape(config: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`farsync.rl.policy.build_policy` for ``[model]``, with the task
+    tokenizer's vocabulary."""
+    model = config.model
     return {
-        "num_layers": config.model.num_layers,
-        "width": config.model.width,
-        "num_heads": config.model.num_heads,
-        "context_length": config.model.context_length,
+        "kind": model.kind,
+        "architecture": model.architecture,
+        "num_layers": model.num_layers,
+        "width": model.width,
+        "num_heads": model.num_heads,
+        "context_length": model.context_length,
         "vocab_size": CharTokenizer().vocab_size,
+        "num_kv_heads": model.num_kv_heads,
+        "intermediate_size": model.intermediate_size,
+        "tie_embeddings": model.tie_embeddings,
     }
 
 
-def worker_settings(config: RunConfig) -> list[WorkerSettings]:
-    """One :class:`WorkerSettings` per configured inference worker."""
+def worker_settings(config: RunConfig, problem_indices: list[int] | None = None) -> list[WorkerSettings]:
+    """One :class:`WorkerSettings` per configured inference worker (drawing from ``problem_indices`` when
+    given: the problems offline difficulty filtering kept)."""
     rl = config.rl
     slowdowns = rl.worker_slowdowns or [1.0] * rl.num_rollout_workers
     return [
@@ -81,6 +89,7 @@ def worker_settings(config: RunConfig) -> list[WorkerSettings]:
             max_pending=rl.num_groups_per_step * rl.group_size,
             seed=config.seed * 1000 + index,
             reward_spec=rl.reward,
+            problem_indices=list(problem_indices or []),
         )
         for index in range(rl.num_rollout_workers)
     ]
@@ -89,6 +98,13 @@ def worker_settings(config: RunConfig) -> list[WorkerSettings]:
 def _check_fits(config: RunConfig, task: Task) -> None:
     from farsync.config import ConfigError
 
+    if config.model.kind not in ("gpt", "hf") or config.model.hf_path:
+        raise ConfigError(
+            "model.kind" if config.model.kind not in ("gpt", "hf") else "model.hf_path",
+            config.model.hf_path or config.model.kind,
+            "RL trains a causal LM over the task's 44-character vocabulary: model.kind = 'gpt', or 'hf' built "
+            "from the size keys (a checkpoint directory brings its own tokenizer, which the tasks do not use)",
+        )
     needed = task.max_prompt_chars() + config.rl.max_new_tokens
     if needed > config.model.context_length:
         raise ConfigError(
@@ -108,6 +124,9 @@ class _Metrics:
     """metrics.jsonl plus the configured loggers."""
 
     def __init__(self, config: RunConfig, run_dir: Path) -> None:
+        # Imported here: farsync.report pulls in matplotlib, seconds that `import farsync` should not pay.
+        from farsync.report.loggers import run_loggers
+
         self.path = run_dir / "metrics.jsonl"
         self.loggers = run_loggers(config, run_dir)
 
@@ -250,6 +269,39 @@ class _RLRun:
         }
         self.metrics.log({"kind": "sft", "step": 0, **self.state["sft"]})
 
+    def filter_problems(self) -> None:
+        """Offline difficulty filtering (:mod:`farsync.rl.difficulty`) with the starting policy."""
+        rl = self.config.rl
+        if rl.num_difficulty_problems == 0:
+            return
+        started = time.perf_counter()
+        candidates = list(range(rl.num_difficulty_problems))
+        rates = pass_rates(
+            self.model,
+            self.task,
+            candidates,
+            self.reward,
+            num_samples=rl.num_difficulty_samples,
+            max_new_tokens=rl.max_new_tokens,
+            temperature=rl.temperature,
+            seed=self.config.seed,
+        )
+        kept = keep_by_difficulty(candidates, rates, low=0.0, high=1.0)
+        if not kept:
+            raise RLStalled(
+                f"offline difficulty filtering kept none of {len(candidates)} problems (every pass rate is 0 or "
+                "1); warm up longer (rl.num_sft_steps) or set rl.num_difficulty_problems = 0"
+            )
+        self.state["problem_indices"] = kept
+        self.state["difficulty"] = {
+            "num_candidates": len(candidates),
+            "num_kept": len(kept),
+            "num_always_solved": sum(r == 1.0 for r in rates),
+            "num_never_solved": sum(r == 0.0 for r in rates),
+            "wall_s": time.perf_counter() - started,
+        }
+        self.metrics.log({"kind": "difficulty", "step": 0, **self.state["difficulty"]})
+
     def train(self, pool: WorkerPool, intake: RolloutIntake, progress: bool) -> None:
         rl = self.config.rl
         bar = tqdm(
@@ -337,6 +389,7 @@ def run_rl(
             else:
                 run.warm_start()
             run.evaluate("rl_start")
+            run.filter_problems()
         return _train_with_workers(run, reward, verifier, prover, progress)
     finally:
         metrics.close()
@@ -349,9 +402,8 @@ def _train_with_workers(
     rl = config.rl
     for leftover in ("weights", "rollouts", "workers"):
         shutil.rmtree(run.run_dir / leftover, ignore_errors=True)
-    pool = WorkerPool(
-        worker_settings(config), run.run_dir, backend=rl.worker_backend, reward=reward, prover=prover
-    )
+    settings = worker_settings(config, run.state.get("problem_indices"))
+    pool = WorkerPool(settings, run.run_dir, backend=rl.worker_backend, reward=reward, prover=prover)
     limits = RolloutLimits(
         vocab_size=run.tokenizer.vocab_size,
         max_prompt_tokens=config.model.context_length,
@@ -396,6 +448,7 @@ def _summary(run: _RLRun, intake: RolloutIntake, pool: WorkerPool) -> dict[str, 
         "loss": rl.loss,
         "num_steps": run.state["step"],
         "sft": run.state["sft"],
+        "difficulty": run.state.get("difficulty"),
         "pass_at_1": run.state["pass_at_1"],
         "pass_at_1_start": run.state["pass_at_1"].get("rl_start"),
         "pass_at_1_final": run.state["pass_at_1"].get(f"step_{run.state['step']}"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
@@ -137,12 +136,11 @@ class InProcessRolloutChannel:
 
     def pull(self, max_n: int, timeout_s: float) -> list[bytes]:
         messages: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
         try:
             messages.append(self._queue.get(timeout=max(0.0, timeout_s)))
         except queue.Empty:
             return messages
-        while len(messages) < max_n and time.monotonic() <= deadline + 1.0:
+        while len(messages) < max_n:
             try:
                 messages.append(self._queue.get_nowait())
             except queue.Empty:

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +48,8 @@ class WorkerSettings:
     worker_id: str
     """Unique name, carried in every rollout."""
     worker_index: int
-    """0-based index; the worker draws training problems ``index, index + num_workers, ...``."""
+    """0-based index; the worker draws training problems ``index, index + num_workers, ...`` (positions in
+    ``problem_indices`` when it is given)."""
     num_workers: int
     """Number of inference workers."""
     task: str
@@ -57,7 +58,7 @@ class WorkerSettings:
     """Seed of the task's problems."""
     num_heldout: int
     """Size of the task's held-out set (training problems avoid it, so it must match the trainer's)."""
-    model_shape: dict[str, int]
+    model_shape: dict[str, Any]
     """Keyword arguments of :func:`farsync.rl.policy.build_policy`."""
     mode: Literal["sync", "async"]
     """Echo's sync (wait for each version) or async (bounded staleness) mode."""
@@ -75,6 +76,8 @@ class WorkerSettings:
     """``async``: pause while the channel holds this many messages."""
     seed: int = 0
     """Base seed of the sampling generator."""
+    problem_indices: list[int] = field(default_factory=list)
+    """Training problems to draw from, in turn (empty: the whole training stream)."""
     reward_spec: str = ""
     """``"package.module:function"`` of a user reward for the claimed reward (empty: the task's own)."""
     wait_s: float = 1.0
@@ -110,7 +113,10 @@ class _Sampler:
 
     def group(self, version: int, counter: int) -> list[Rollout]:
         s = self.settings
-        problem = self.task.train_problem(s.worker_index + s.num_workers * counter)
+        position = s.worker_index + s.num_workers * counter
+        if s.problem_indices:
+            position = s.problem_indices[position % len(s.problem_indices)]
+        problem = self.task.train_problem(position)
         prompt_ids = self.tokenizer.encode(problem.prompt)
         seed = _group_seed(s.seed, s.worker_id, counter)
         self.generator.manual_seed(seed)
@@ -192,9 +198,16 @@ def run_worker(
     return report
 
 
-def worker_process(settings: dict[str, Any], run_dir: str, num_threads: int = 1) -> None:
+def worker_process(
+    settings: dict[str, Any],
+    run_dir: str,
+    reward: RewardFn | None = None,
+    prover: Prover | None = None,
+    num_threads: int = 1,
+) -> None:
     """Entry point of a worker process: weights and rollouts through ``run_dir``; stops when
-    ``run_dir/stop`` exists. Writes its :class:`WorkerReport` to ``run_dir/workers/<id>.json``."""
+    ``run_dir/stop`` exists. Writes its :class:`WorkerReport` to ``run_dir/workers/<id>.json``. ``reward``
+    and ``prover`` come from the parent that started it (its own objects, pickled by multiprocessing)."""
     import json
 
     torch.set_num_threads(num_threads)
@@ -203,7 +216,7 @@ def worker_process(settings: dict[str, Any], run_dir: str, num_threads: int = 1)
     weights = DirectoryWeights(root / "weights", reader_id=parsed.worker_id)
     channel = DirectoryRolloutChannel(root / "rollouts")
     stop_file = root / "stop"
-    report = run_worker(parsed, weights, channel, stop_file.exists)
+    report = run_worker(parsed, weights, channel, stop_file.exists, reward=reward, prover=prover)
     (root / "workers").mkdir(exist_ok=True)
     (root / "workers" / f"{parsed.worker_id}.json").write_text(json.dumps(asdict(report)))
 
