@@ -74,10 +74,11 @@ class SwarmSettings:
     """Each node's AdamW learning rate."""
     loss: LossConfig = field(default_factory=LossConfig)
     """GRPO's loss settings (part 1's)."""
-    model_shape: dict[str, int] = field(default_factory=dict)
+    model_shape: dict[str, Any] = field(default_factory=dict)
     """Every node's :func:`~farsync.rl.policy.build_policy` arguments (vocab_size is filled in)."""
-    node_shapes: list[dict[str, int]] = field(default_factory=list)
-    """Per-node shapes overriding ``model_shape`` (empty: all the same); nodes may differ in size."""
+    node_shapes: list[dict[str, Any]] = field(default_factory=list)
+    """Per-node shapes overriding ``model_shape`` (empty: all the same); nodes may differ in size, or in
+    architecture through part 1's ``kind = "hf"`` keys."""
     join_rounds: list[int] = field(default_factory=list)
     """Per-node round of joining (empty: all join at 0)."""
     leave_rounds: list[int] = field(default_factory=list)

@@ -38,6 +38,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ class NodeSettings:
     """0-based; the node draws training problems ``index, index + num_nodes, ...``."""
     num_nodes: int
     """Nodes in the swarm (for the problem stream)."""
-    model_shape: dict[str, int]
+    model_shape: dict[str, Any]
     """Keyword arguments of :func:`farsync.rl.policy.build_policy` (nodes may differ)."""
     num_local_groups: int
     """Groups sampled and trained on per round (SAPO's I)."""
