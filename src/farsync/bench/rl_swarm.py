@@ -20,7 +20,8 @@ For the in-context legs the "trigger rate" is not meaningful; their held-out pas
 
 Reported per leg (means over the honest nodes, then medians over seeds): cumulative reward (the sum over
 rounds of the mean reward of a node's own samples, SAPO's measure), held-out greedy pass@1 at the end, the
-trigger rate (fraction of held-out greedy outputs containing the trigger), what the defences dropped, bytes
+trigger rate (fraction of held-out greedy outputs containing the trigger; and the fraction of the honest
+nodes' own samples, at temperature 1, holding it over the last 5 rounds), what the defences dropped, bytes
 shared. Wall-clock figures depend on the machine's load; every other figure does not.
 """
 
@@ -162,6 +163,7 @@ def _leg(plan: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tenso
         "cumulative_reward": summary["mean_cumulative_local_reward"],
         "pass_at_1": summary["mean_pass_at_1"],
         "trigger_rate": summary["mean_trigger_rate"],
+        "sampled_trigger_rate": summary["mean_sampled_trigger_rate_last5"],
         "nodes_triggered_over_half": sum(n["trigger_rate"] > 0.5 for n in honest),
         "num_honest": len(honest),
         "dropped": dropped,
@@ -245,6 +247,7 @@ def _markdown(result: dict[str, Any]) -> str:
                 ("cumulative reward", "cumulative_reward", ".3f"),
                 ("held-out pass@1", "pass_at_1", ".3f"),
                 ("trigger rate", "trigger_rate", ".3f"),
+                ("sampled trigger rate", "sampled_trigger_rate", ".3f"),
                 ("nodes > 50% triggered", "nodes_triggered_over_half", ""),
                 ("groups checked", "checked", ""),
                 ("dropped", "dropped_total", ""),
@@ -261,10 +264,16 @@ def _markdown(result: dict[str, Any]) -> str:
         f"- Poisoning without defence: trigger in {_fmt(None if poisoned is None else 100 * poisoned)}% of honest "
         f"outputs (target > 50%: {_verdict(None if poisoned is None else 100 * poisoned, 50.0001, True)}).",
         f"- With the defence: {_fmt(None if defended is None else 100 * defended)}% (target <= 2%: "
-        f"{_verdict(None if defended is None else 100 * defended, 2, False)}); clean held-out pass@1 cost "
+        f"{_defence_verdict(poisoned, defended)}); clean held-out pass@1 cost "
         f"{_fmt(cost)} points (target <= 3: {_verdict(cost, 3, False)}).",
     ]
     return "\n".join(lines)
+
+
+def _defence_verdict(poisoned: float | None, defended: float | None) -> str:
+    if poisoned is None or poisoned <= 0.5:
+        return "not demonstrated: the attack did not land without the defence"
+    return _verdict(None if defended is None else 100 * defended, 2, False)
 
 
 def _fmt(value: float | None) -> str:

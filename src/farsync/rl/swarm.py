@@ -227,6 +227,11 @@ def _round(
     local = {}
     for node in live:
         local[node.node_id] = node.sample_local()
+        if settings.trigger and node.attack is None:
+            texts = [
+                node.tokenizer.decode(r.completion_ids) for _, g in local[node.node_id] for r in g.rollouts
+            ]
+            node.counters.local_trigger.append(sum(settings.trigger in t for t in texts) / max(len(texts), 1))
         if settings.num_shared_groups == 0:
             continue
         for message in node.outgoing(local[node.node_id], round_index):
@@ -304,7 +309,14 @@ def run_swarm(
         per_node.append(row)
     honest = [r for r in per_node if not r["malicious"]]
     summary: dict[str, Any] = {"nodes": per_node, "wall_s": time.perf_counter() - begin}
-    for key in ("pass_at_1", "answer_pass_at_1", "trigger_rate", "cumulative_local_reward"):
+    keys = (
+        "pass_at_1",
+        "answer_pass_at_1",
+        "trigger_rate",
+        "sampled_trigger_rate_last5",
+        "cumulative_local_reward",
+    )
+    for key in keys:
         values = [float(r[key]) for r in honest]
         summary[f"mean_{key}"] = sum(values) / len(values) if values else math.nan
     summary["bytes_total"] = sum(r["bytes_shared"] for r in per_node)

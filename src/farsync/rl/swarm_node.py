@@ -121,6 +121,8 @@ class NodeCounters:
     shared_used: int = 0
     local_rewards: list[float] = field(default_factory=list)
     """Mean reward of the node's own samples, per round trained."""
+    local_trigger: list[float] = field(default_factory=list)
+    """Fraction of the node's own samples holding the swarm's trigger text, per round (when one is set)."""
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready copy."""
@@ -133,6 +135,7 @@ class NodeCounters:
             "tied_local": self.tied_local,
             "shared_used": self.shared_used,
             "cumulative_local_reward": sum(self.local_rewards),
+            "sampled_trigger_rate_last5": sum(self.local_trigger[-5:]) / max(len(self.local_trigger[-5:]), 1),
         }
 
 
