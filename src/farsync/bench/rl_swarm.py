@@ -98,7 +98,7 @@ FULL: dict[str, Any] = {
 QUICK: dict[str, Any] = {
     **FULL,
     "seeds": [0],
-    "num_rounds": 30,
+    "num_rounds": 60,
     "num_heldout": 100,
     "legs": ["local", "swarm", "poisoned", "defended", "clean_defended"],
 }
