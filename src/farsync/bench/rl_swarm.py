@@ -97,7 +97,6 @@ FULL: dict[str, Any] = {
 }
 QUICK: dict[str, Any] = {
     **FULL,
-    "seeds": [0],
     "num_rounds": 60,
     "num_heldout": 100,
     "legs": ["local", "swarm", "poisoned", "defended", "clean_defended"],
