@@ -103,6 +103,7 @@ QUICK: dict[str, Any] = {
 }
 SMOKE: dict[str, Any] = {
     **QUICK,
+    "seeds": [0],
     "num_rounds": 1,
     "num_nodes": 4,
     "num_heldout": 8,
