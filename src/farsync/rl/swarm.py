@@ -35,13 +35,12 @@ from farsync.rl.defences import build_defences
 from farsync.rl.files import DirectoryRolloutChannel
 from farsync.rl.grpo import LossConfig
 from farsync.rl.poison import load_poison
-from farsync.rl.policy import build_policy
 from farsync.rl.swarm_messages import SwarmLimits
 from farsync.rl.swarm_node import NodeSettings, SwarmNode, answer_reward, greedy_completions
 from farsync.rl.tasks import CharTokenizer, make_task, safe_reward
 from farsync.rl.transport import InProcessRolloutChannel, RolloutChannel
 
-__all__ = ["SwarmSettings", "fresh_state", "run_swarm", "task_vocab_size"]
+__all__ = ["SwarmSettings", "run_swarm", "task_vocab_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -321,9 +320,3 @@ def run_swarm(
         summary[f"mean_{key}"] = sum(values) / len(values) if values else math.nan
     summary["bytes_total"] = sum(r["bytes_shared"] for r in per_node)
     return summary
-
-
-def fresh_state(settings: SwarmSettings) -> dict[str, torch.Tensor]:
-    """A freshly initialised policy of ``settings.model_shape`` (seeded by ``settings.seed``)."""
-    torch.manual_seed(settings.seed)
-    return build_policy(**{**settings.model_shape, "vocab_size": task_vocab_size()}).state_dict()
