@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="run a named benchmark (core, dilocox, quality, frontier, byzantine, federated, chaos, hf)",
+        help="run a named benchmark (core, dilocox, quality, frontier, byzantine, federated, chaos, hf, rl, rl_swarm)",
     )
     bench.add_argument("name")
     bench.add_argument("--out", default="benchmarks/results")

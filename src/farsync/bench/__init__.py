@@ -12,7 +12,18 @@ from typing import Any
 
 __all__ = ["BENCHMARKS", "run_benchmark"]
 
-BENCHMARKS = ("core", "dilocox", "quality", "frontier", "byzantine", "federated", "chaos", "hf", "rl")
+BENCHMARKS = (
+    "core",
+    "dilocox",
+    "quality",
+    "frontier",
+    "byzantine",
+    "federated",
+    "chaos",
+    "hf",
+    "rl",
+    "rl_swarm",
+)
 
 
 def run_benchmark(name: str, out_dir: Path, quick: bool = False) -> dict[str, Any]:
