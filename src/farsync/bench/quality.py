@@ -36,13 +36,13 @@ Environment: ``FARSYNC_QUALITY_SECTIONS`` (comma-separated section names to run;
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from farsync.bench.common import markdown_table, run_cached, smoke, write_results
+from farsync.bench.frontier import eval_points, time_to
 from farsync.bench.quality_overlap import best_recipes, overlap_jobs, overlap_targets, overlap_text
 from farsync.config import outer_recipe
 
@@ -324,25 +324,7 @@ def _time_rows(bench: _Bench, lr: float, best: dict[str, Any]) -> dict[str, dict
 
 def _eval_curve(run_dir: Path) -> list[tuple[float, float]]:
     """(worker 0's emulated wall seconds, global eval loss) at every evaluation, final one included."""
-    walls: dict[int, float] = {}
-    points: list[tuple[int, float]] = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("worker", 0) != 0:
-            continue
-        if record.get("kind") == "step":
-            walls[int(record["step"])] = float(record["wall_s"])
-        elif record.get("kind") == "eval":
-            points.append((int(record["step"]), float(record["eval_loss"])))
-    summary = json.loads((run_dir / "summary.json").read_text())
-    curve = [(walls.get(step, 0.0), loss) for step, loss in points]
-    if curve:  # the final evaluation comes after the final drain: place it at the run's wall time
-        curve[-1] = (max(curve[-1][0], float(summary["wall_s"])), curve[-1][1])
-    return curve
-
-
-def _time_to(curve: list[tuple[float, float]], target: float) -> float | None:
-    return next((wall for wall, loss in curve if loss <= target), None)
+    return [(wall, loss) for _, wall, loss in eval_points(run_dir)]
 
 
 def _plot(curves: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
@@ -473,10 +455,10 @@ def _time_text(curves: dict[str, dict[str, dict[str, Any]]], plot: str) -> tuple
         ddp_time = ddp_curve[-1][0]
         table[bandwidth] = {}
         for name, data in by_name.items():
-            reached = _time_to(data["curve"], target)
+            reached = time_to(data["curve"], target)
             sooner = None if reached is None or reached <= 0 else ddp_time / reached
             # The other way round: when DDP's curve (evaluated every tenth of the run) first got this low.
-            ddp_reaches = _time_to(ddp_curve, data["row"]["final_eval_loss"])
+            ddp_reaches = time_to(ddp_curve, data["row"]["final_eval_loss"])
             table[bandwidth][name] = {
                 "final_eval_loss": data["row"]["final_eval_loss"],
                 "wall_s": data["row"]["wall_s"],
