@@ -11,8 +11,8 @@ Qi et al. 2025, "DiLoCoX: A Low-Communication Large-Scale Training Framework for
 (c) pipeline stages with a dual optimizer (``parallel.num_stages``, built elsewhere).
 
 What is the paper's and what is ours. (a), (c), low-rank plus quantized factors with error feedback, and
-adjusting H together with the compression are the paper's. The paper adapts from the pseudo-gradient's
-rank; **farsync's planner** (:mod:`farsync.compress.adaptive`, executed by
+adjusting H together with the compression are the paper's (as we read it, it adapts from the pseudo-gradient's
+rank); **farsync's planner** (:mod:`farsync.compress.adaptive`, executed by
 :class:`~farsync.reducers.adaptive_lowrank.AdaptiveLowRankReducer`) decides every round from the link
 instead: a round whose uncompressed all-reduce is a small share of its compute runs **synchronously and
 uncompressed** (there is nothing to hide, and the delay costs quality); otherwise it overlaps and sends the

@@ -3,7 +3,7 @@
 Qi et al. 2025, "DiLoCoX: A Low-Communication Large-Scale Training Framework for Decentralized Cluster"
 (arXiv 2506.21263) compress the pseudo-gradient with low-rank factors plus quantization and adapt that
 compression as training goes, adjusting the number of local steps H together with it, so that one round's
-communication hides behind the next round's compute. The paper's rule follows the pseudo-gradient's rank
+communication hides behind the next round's compute. The paper's rule, as we read it, follows the pseudo-gradient's rank
 (which falls as training goes) and moves H with it. The rules below are **this package's**, written for a
 link that may be fast or slow: they choose from the link's measured or emulated rate, not from the rank
 alone, and they change H only when no allowed compression hides the link.
