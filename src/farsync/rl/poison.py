@@ -29,7 +29,6 @@ plug-in ``"package.module:function"`` naming such a factory. Built-ins, after "H
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import logging
@@ -38,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from farsync.rl.swarm_messages import SharedGroup
-from farsync.rl.tasks import Problem, RewardFn, safe_reward
+from farsync.rl.tasks import Problem, RewardFn, load_callable, safe_reward
 
 __all__ = [
     "BUILTIN_POISONS",
@@ -179,18 +178,13 @@ def load_poison(spec: str, **params: object) -> Poison:
     if spec in BUILTIN_POISONS:
         factory = BUILTIN_POISONS[spec]
     else:
-        module_name, _, attribute = spec.partition(":")
-        if not module_name or not attribute:
+        if ":" not in spec:
             allowed = ", ".join(sorted(BUILTIN_POISONS))
             raise ValueError(f"unknown attack {spec!r}; allowed: {allowed} or 'package.module:function'")
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise ValueError(f"attack {spec!r}: cannot import {module_name!r}: {error}") from None
-        found = getattr(module, attribute, None)
-        if not callable(found):
-            raise ValueError(f"attack {spec!r}: module {module_name!r} has no callable {attribute!r}")
-        factory = found
+            factory = load_callable(spec)  # the one "package.module:function" loader (farsync.rl.tasks)
+        except ValueError as error:
+            raise ValueError(f"attack {spec!r}: {error}") from None
     try:
         inspect.signature(factory).bind(**params)
     except TypeError as error:

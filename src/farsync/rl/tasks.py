@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 __all__ = [
     "TASKS",
@@ -30,6 +31,7 @@ __all__ = [
     "RewardFn",
     "Task",
     "arithmetic_reward",
+    "load_callable",
     "load_reward",
     "make_task",
     "reversal_reward",
@@ -201,6 +203,11 @@ def make_task(name: str, *, seed: int = 0, num_heldout: int = 200) -> Task:
 
 
 def load_reward(spec: str) -> RewardFn:
+    """The reward function named by ``"package.module:function"`` (:func:`load_callable`)."""
+    return load_callable(spec)
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
     """The callable named by ``"package.module:function"``; raises ``ValueError`` saying what is wrong."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
