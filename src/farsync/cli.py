@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farsync.config import ConfigError, RunConfig, load_config
+from farsync.config import ConfigError, RunConfig, load_config, read_config_data
 
 __all__ = ["main"]
 
@@ -90,7 +90,11 @@ def _train_elastic(config: RunConfig, out_dir: Path, args: argparse.Namespace) -
 
 
 def _rl(args: argparse.Namespace) -> int:
-    """``farsync rl``: RL post-training (GRPO with decoupled inference workers), see docs/rl.md."""
+    """``farsync rl``: RL post-training (GRPO with decoupled inference workers), see docs/rl.md.
+
+    A config with a ``[swarm]`` table (from the file or ``--set swarm.KEY=VALUE``) runs a SAPO swarm instead
+    (:func:`_rl_swarm`). The file says which run it is, as ``farsync train``'s file says which algorithm: one
+    command for RL post-training, one way to write and override its settings."""
     import os
 
     from farsync.launch.preflight import check_new_run_dir
@@ -99,8 +103,13 @@ def _rl(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
             raise ConfigError("--resume", args.resume, "expected an RL run directory containing config.toml")
+        if "swarm" in read_config_data(run_dir / "config.toml"):
+            raise ConfigError("--resume", args.resume, "a swarm run keeps no checkpoint; start a new run")
         config = load_config(run_dir / "config.toml", args.overrides)
     else:
+        data = read_config_data(args.config, args.overrides)
+        if "swarm" in data:
+            return _rl_swarm(args, data)
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-rl"
         check_new_run_dir(run_dir, overwrite=args.overwrite)
@@ -120,10 +129,36 @@ def _rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rl_swarm(args: argparse.Namespace, data: dict[str, Any]) -> int:
+    """``farsync rl FILE`` with a ``[swarm]`` table: a SAPO swarm (:mod:`farsync.rl.swarm_run`), see
+    docs/rl.md. The file holds ``[swarm]`` (with ``[swarm.loss]``, ``[swarm.limits]``) and ``[warm_start]``
+    only: the swarm has its own task, model shapes and loss, so ``[rl]`` or ``[model]`` there is refused."""
+    import os
+
+    from farsync.launch.preflight import check_new_run_dir, clear_run_dir
+
+    # torch is imported here, before the run directory is touched: SwarmSettings (which checks itself) lives
+    # in the RL layer.
+    from farsync.rl.swarm_run import load_swarm_config, result_line, run_swarm_in_dir
+
+    config = load_swarm_config(data)
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-swarm"
+    check_new_run_dir(run_dir, overwrite=args.overwrite)
+    if args.overwrite:
+        clear_run_dir(run_dir)  # a directory transport must not read an earlier run's messages
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("FARSYNC_THREADS", "1"))))
+    summary = run_swarm_in_dir(config, run_dir, progress=not args.no_progress)
+    print(result_line(summary))
+    print(f"outputs in {run_dir}/ (summary.json, metrics.jsonl)")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from farsync.bench import run_benchmark
 
-    run_benchmark(args.name, Path(args.out), quick=args.quick)
+    run_benchmark(args.name, Path(args.out), quick=args.quick, sections=args.sections or None)
     return 0
 
 
@@ -198,10 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
-    rl = commands.add_parser("rl", help="RL post-training: GRPO with decoupled inference workers")
-    rl.add_argument("config", nargs="?", help="TOML config file with an [rl] section (optional)")
+    rl = commands.add_parser(
+        "rl", help="RL post-training: GRPO with decoupled inference workers, or a SAPO swarm ([swarm] table)"
+    )
+    rl.add_argument(
+        "config", nargs="?", help="TOML config file with an [rl] section, or a [swarm] one (optional)"
+    )
     rl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    rl.add_argument("--out", help="run directory, new or empty (default runs/<time>-rl)")
+    rl.add_argument("--out", help="run directory, new or empty (default runs/<time>-rl or <time>-swarm)")
     rl.add_argument(
         "--overwrite", action="store_true", help="clear the --out directory of an earlier run first"
     )
@@ -216,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name")
     bench.add_argument("--out", default="benchmarks/results")
     bench.add_argument("--quick", action="store_true", help="a much smaller version, to check it runs")
+    bench.add_argument(
+        "--section",
+        dest="sections",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this section (repeatable; rl: grpo, swarm; default: all, in that order)",
+    )
     bench.set_defaults(handler=_bench)
 
     report = commands.add_parser("report", help="compare finished runs side by side")

@@ -38,8 +38,11 @@ __all__ = [
     "ROBUST_PRESET",
     "RunConfig",
     "TrainConfig",
+    "build_section",
     "config_to_toml",
     "load_config",
+    "read_config_data",
+    "section_to_toml",
     "OVERLAP_RECIPE_SCALE",
     "SPARSE_OUTER_LR",
     "OVERLAP_RULES",
@@ -57,6 +60,16 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"config error: {key} = {value!r}: {allowed}")
+
+    @classmethod
+    def from_check(cls, text: str) -> ConfigError:
+        """The error of a section that checks itself in a higher layer and raises ``ValueError`` worded
+        ``"key = value: allowed"`` (``SwarmSettings.validate``): ``key`` is exact, the message is kept as the
+        section wrote it (its value already printed with ``repr``)."""
+        key, _, rest = text.partition(" = ")
+        error = cls(key, rest, "")
+        error.args = (f"config error: {text}",)
+        return error
 
 
 _BANDWIDTH_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
@@ -1386,6 +1399,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Checks ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    if tp is Any:  # free-form tables (a model shape, an attack's parameters): their consumer checks them
+        return value
     origin = get_origin(tp)
     if origin is Literal:
         _check(value in get_args(tp), key, value, "allowed: " + ", ".join(repr(a) for a in get_args(tp)))
@@ -1463,8 +1478,8 @@ def _merge(target: dict[str, Any], path: list[str], value: Any) -> None:
     target[path[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Reads TOML (optional), applies ``key=value`` overrides, builds and validates a :class:`RunConfig`."""
+def read_config_data(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The TOML file's tables (optional file) with the ``key=value`` overrides merged in, unchecked."""
     data: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
@@ -1477,9 +1492,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for text in overrides or []:
         key_path, value = _parse_override(text)
         _merge(data, key_path, value)
-    config: RunConfig = _build(RunConfig, data, "")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Reads TOML (optional), applies ``key=value`` overrides, builds and validates a :class:`RunConfig`."""
+    config: RunConfig = _build(RunConfig, read_config_data(path, overrides), "")
     config.validate()
     return config
+
+
+SectionT = typing.TypeVar("SectionT")
+
+
+def build_section(cls: type[SectionT], data: dict[str, Any], prefix: str = "") -> SectionT:
+    """A typed dataclass config defined outside this module (e.g. ``farsync.rl.swarm.SwarmSettings``) built
+    from a TOML table with :func:`load_config`'s checks: unknown keys, wrong types and Literal values raise
+    :class:`ConfigError` naming ``prefix + key``; nested dataclass fields are sub-tables. Then the section's
+    own ``validate()``, if it has one; a ``ValueError`` it raises (worded ``"key = value: allowed"``) becomes
+    a :class:`ConfigError`. This is how a section of a higher layer loads from TOML without this module
+    importing it."""
+    _check(isinstance(data, dict), prefix.rstrip(".") or "CONFIG", data, "expected a table")
+    section: SectionT = _build(cls, data, prefix)
+    validate = getattr(section, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as error:
+            raise ConfigError.from_check(str(error)) from None
+    return section
 
 
 def _toml_value(value: Any) -> str:
@@ -1511,3 +1554,20 @@ def config_to_toml(config: RunConfig) -> str:
         for f in dataclasses.fields(section):
             lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
     return "\n".join(lines) + "\n"
+
+
+def section_to_toml(name: str, section: Any) -> str:
+    """One dataclass section as a TOML table ``[name]``, nested dataclasses as sub-tables ``[name.field]``,
+    which :func:`build_section` reads back to an equal section."""
+    lines = [f"[{name}]"]
+    nested: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            nested.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    text = "\n".join(lines) + "\n"
+    for field_name, value in nested:
+        text += "\n" + section_to_toml(f"{name}.{field_name}", value)
+    return text

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -276,11 +277,13 @@ def run_swarm(
     *,
     initial_state: dict[str, torch.Tensor] | None = None,
     run_dir: Path | None = None,
+    on_round: Callable[[int, list[SwarmNode]], None] | None = None,
 ) -> dict[str, Any]:
     """Runs the swarm for ``settings.num_rounds`` rounds; returns its summary (per node: held-out pass@1,
     the trigger rate of its greedy outputs, cumulative local reward, what it rejected and its defences
     dropped, bytes shared and received). ``initial_state`` is every node's starting policy (nodes of another
-    shape, or all nodes when it is ``None``, start from fresh weights)."""
+    shape, or all nodes when it is ``None``, start from fresh weights). ``on_round(round_index, nodes)`` is
+    called after every round (the CLI's progress and metrics.jsonl)."""
     settings.validate()
     begin = time.perf_counter()
     nodes = _build_nodes(settings, initial_state)
@@ -289,6 +292,8 @@ def run_swarm(
     ledgers = {node_id: ByteLedger(rank=i) for i, node_id in enumerate(ids)}
     for round_index in range(settings.num_rounds):
         _round(settings, nodes, channels, ledgers, round_index)
+        if on_round is not None:
+            on_round(round_index, nodes)
     per_node = []
     for node in nodes:
         row: dict[str, Any] = {"node": node.node_id, "malicious": node.attack is not None}
