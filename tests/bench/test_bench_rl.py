@@ -12,7 +12,7 @@ from farsync.bench import run_benchmark
 
 def test_rl_writes_legs_control_and_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     smoke_size(monkeypatch)
-    run_benchmark("rl", tmp_path, quick=True)
+    run_benchmark("rl", tmp_path, quick=True, sections=["grpo"])  # the swarm section: tests/rl
     data, markdown = written(tmp_path, "rl")
     assert [row["leg"] for row in data["rows"]] == ["sync-seed0", "async-k1-seed0"]
     for row in data["rows"]:

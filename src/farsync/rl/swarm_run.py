@@ -139,6 +139,14 @@ def _check_shapes(settings: SwarmSettings) -> None:
 def load_swarm_config(data: dict[str, Any]) -> SwarmRunConfig:
     """The swarm run a config file's tables describe (``[swarm]``, optional ``[warm_start]``), checked;
     raises :class:`~farsync.config.ConfigError` on the first bad key or value."""
+    for key, value in data.items():
+        if key not in ("swarm", "warm_start"):
+            raise ConfigError(
+                key,
+                value,
+                "a config with a [swarm] table runs a swarm, which reads only [swarm] (with [swarm.loss], "
+                "[swarm.limits]; the model is swarm.model_shape) and [warm_start]",
+            )
     config = build_section(SwarmRunConfig, data)
     _check_plugins(config.swarm)
     _check_shapes(config.swarm)

@@ -1,0 +1,104 @@
+"""``farsync rl FILE`` with a ``[swarm]`` table: a tiny swarm end to end into its run directory, its progress
+and result line, and the CLI's refusals (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from farsync.cli import main
+
+# 3 nodes, the last one malicious with a garbage payload; 1 local / 1 shared group per step; a node bans a
+# sender after 2 rejected messages. Fresh weights of a tiny GPT, two supervised warm-start steps.
+TINY_SWARM = """
+[swarm]
+num_nodes = 3
+num_rounds = 2
+num_local_groups = 1
+num_shared_groups = 1
+group_size = 2
+max_new_tokens = 4
+num_heldout = 8
+malicious_fraction = 0.34
+attack = "malformed"
+attack_params = { kind = "garbage" }
+max_strikes = 2
+model_shape = { num_layers = 1, width = 16, num_heads = 2, context_length = 16 }
+
+[warm_start]
+num_steps = 2
+batch_size = 4
+"""
+
+
+@pytest.fixture
+def swarm_file(tmp_path: Path) -> Path:
+    path = tmp_path / "swarm.toml"
+    path.write_text(TINY_SWARM)
+    return path
+
+
+def test_tiny_swarm_writes_its_run_directory(
+    tmp_path: Path, swarm_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["rl", str(swarm_file), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "2/2" in captured.err  # the progress bar went through both rounds
+    summary = json.loads((out / "summary.json").read_text())
+    # Each honest node gets one garbage message per round from node2: 2 x 2 rejected, and both ban node2.
+    assert (summary["num_honest"], summary["num_malicious"]) == (2, 1)
+    assert (summary["rejected_total"], summary["banned_total"]) == (4, 2)
+    assert [row["banned"] for row in summary["nodes"][:2]] == [["node2"], ["node2"]]
+    assert summary["warm_start"]["sft_steps"] == 2
+    assert summary["bytes_total"] > 0
+    lines = captured.out.strip().splitlines()
+    assert lines[0].startswith("swarm of 3 nodes (1 malicious) on arithmetic, 2 rounds: per honest node ")
+    assert "; 4 messages rejected, 2 bans, 0 groups dropped by defences, " in lines[0]
+    assert lines[1] == f"outputs in {out}/ (summary.json, metrics.jsonl)"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["warm_start", "round", "round"]
+    assert [(r["round"], r["num_trained"], r["rejected"], r["banned"]) for r in records[1:]] == [
+        (0, 2, 2, 0),
+        (1, 2, 4, 2),
+    ]
+    assert "[swarm.loss]" in (out / "config.toml").read_text()
+    # The directory now holds a run: refused without --overwrite, cleared with it, never resumed.
+    assert main(["rl", str(swarm_file), "--out", str(out), "--no-progress"]) == 2
+    assert "directory is not empty" in capsys.readouterr().err
+    (out / "swarm").mkdir()
+    assert main(["rl", str(swarm_file), "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert not (out / "swarm").exists()  # an earlier run's files are gone
+    capsys.readouterr()
+    assert main(["rl", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("a swarm run keeps no checkpoint; start a new run") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("swarm.num_nodes=0", "farsync: config error: swarm.num_nodes = 0: must be >= 1"),
+        ("swarm.defences=['wall']", "farsync: config error: swarm.defences = ['wall']: allowed items: "),
+        (
+            "model.width=8",
+            "farsync: config error: model = {'width': 8}: a config with a [swarm] table runs a",
+        ),
+    ],
+)
+def test_bad_swarm_setting_is_one_line_and_exit_2(
+    tmp_path: Path, swarm_file: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    assert main(["rl", str(swarm_file), "--set", override, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_alone_selects_the_swarm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # No file: --set swarm.* makes it a swarm run, whose missing model shape is refused by name.
+    assert main(["rl", "--set", "swarm.num_nodes=2", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("farsync: config error: swarm.model_shape = {}: build_policy() missing")
