@@ -15,6 +15,9 @@ Every leg runs with the wiring of ``farsync rl``: weights through the SHARDCAST-
 runner's own seconds per step: the trainer's wait in (background) ``publish`` and a worker's wall time to fetch
 a version. Two sections from :mod:`farsync.rl.broadcast_bench` and :mod:`farsync.rl.verify_bench` follow
 (broadcast CPU cost and corruption; verification calibration, detection and proof overhead).
+
+This module is the ``grpo`` section of ``farsync bench rl``; the ``swarm`` section (SAPO sharing, poisoning and
+defences) is :mod:`farsync.bench.rl_swarm`, run after it (``--section`` picks one; see :mod:`farsync.bench`).
 """
 
 from __future__ import annotations
