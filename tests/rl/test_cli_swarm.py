@@ -3,12 +3,16 @@ and result line, and the CLI's refusals (one line, exit 2, nothing written)."""
 
 from __future__ import annotations
 
+import io
 import json
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from farsync.cli import main
+from farsync.rl.swarm_run import _RoundLog
 
 # 3 nodes, the last one malicious with a garbage payload; 1 local / 1 shared group per step; a node bans a
 # sender after 2 rejected messages. Fresh weights of a tiny GPT, two supervised warm-start steps.
@@ -102,3 +106,31 @@ def test_set_alone_selects_the_swarm(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["rl", "--set", "swarm.num_nodes=2", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("farsync: config error: swarm.model_shape = {}: build_policy() missing")
+
+
+def test_round_log_counts_only_honest_nodes_that_trained_this_round() -> None:
+    def node(node_id: str, rewards: list[float], malicious: bool = False) -> SimpleNamespace:
+        counters = SimpleNamespace(local_rewards=rewards, rejected=Counter(bad_json=1), banned={"x"})
+        log = SimpleNamespace(dropped=Counter(logprob_filter=2))
+        return SimpleNamespace(
+            node_id=node_id, counters=counters, defence_log=log, attack=object() if malicious else None
+        )
+
+    metrics, bar = io.StringIO(), SimpleNamespace(update=lambda n: None, set_postfix=lambda **kw: None)
+    log = _RoundLog(metrics, bar)
+    a, b, late = node("a", [0.5]), node("b", [0.25]), node("late", [])
+    log(0, [a, b, late, node("evil", [1.0], malicious=True)])  # type: ignore[list-item]
+    a.counters.local_rewards.append(1.0)  # b did not train in round 1 (it left); late joined and trained
+    late.counters.local_rewards.append(0.75)
+    log(1, [a, b, late])  # type: ignore[list-item]
+    first, second = (json.loads(line) for line in metrics.getvalue().splitlines())
+    assert first == {
+        "kind": "round",
+        "round": 0,
+        "num_trained": 2,
+        "mean_local_reward": 0.375,
+        "rejected": 4,
+        "banned": 4,
+        "dropped_by_defences": 8,
+    }
+    assert (second["num_trained"], second["mean_local_reward"], second["rejected"]) == (2, 0.875, 3)
