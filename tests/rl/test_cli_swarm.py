@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from farsync.cli import main
+from farsync.rl import swarm_run
+from farsync.rl.swarm import SwarmSettings
 from farsync.rl.swarm_run import _RoundLog
 
 # 3 nodes, the last one malicious with a garbage payload; 1 local / 1 shared group per step; a node bans a
@@ -134,3 +136,33 @@ def test_round_log_counts_only_honest_nodes_that_trained_this_round() -> None:
         "dropped_by_defences": 8,
     }
     assert (second["num_trained"], second["mean_local_reward"], second["rejected"]) == (2, 0.875, 3)
+
+
+@pytest.mark.parametrize(
+    ("num_steps", "stop_at_pass", "validation_pass", "steps_taken", "num_checks"),
+    [
+        (60, 0.0, 0.0, 60, 1),  # no stop rule: every step in one go, checked once at the end
+        (30, 1.0, 0.0, 30, 2),  # 25 then the last 5, the target never met
+        (100, 0.5, 0.5, 25, 1),  # the target met at the first check
+    ],
+)
+def test_warm_start_steps_and_early_stop(
+    monkeypatch: pytest.MonkeyPatch,
+    num_steps: int,
+    stop_at_pass: float,
+    validation_pass: float,
+    steps_taken: int,
+    num_checks: int,
+) -> None:
+    checks: list[int] = []
+    monkeypatch.setattr(swarm_run, "pass_at_1", lambda *args, **kwargs: checks.append(1) or validation_pass)
+    shape = {"num_layers": 1, "width": 8, "num_heads": 2, "context_length": 16}
+    config = swarm_run.SwarmRunConfig(
+        swarm=SwarmSettings(model_shape=shape),
+        warm_start=swarm_run.WarmStartSettings(num_steps=num_steps, batch_size=2, stop_at_pass=stop_at_pass),
+    )
+    state, info = swarm_run._warm_start(config)
+    assert state is not None and (info["sft_steps"], len(checks)) == (steps_taken, num_checks)
+    assert info["validation_pass"] == validation_pass
+    config.warm_start.num_steps = 0
+    assert swarm_run._warm_start(config) == (None, {"sft_steps": 0})
