@@ -44,7 +44,7 @@ from farsync.rl.sft import SupervisedTrainer
 from farsync.rl.swarm import SwarmSettings, run_swarm, task_vocab_size
 from farsync.rl.tasks import CharTokenizer, make_task
 
-__all__ = ["FULL", "QUICK", "run"]
+__all__ = ["FULL", "LEGS", "QUICK", "run", "run_leg"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,16 @@ def _warm_start(plan: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor
     return copy.deepcopy(model.state_dict()), info
 
 
-def _leg(plan: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def run_leg(
+    plan: dict[str, Any],
+    leg: str,
+    seed: int,
+    state: dict[str, torch.Tensor],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One leg of the benchmark for one seed from the warm-start ``state``: :data:`LEGS`'s settings for
+    ``leg`` with ``extra`` (:class:`~farsync.rl.swarm.SwarmSettings` fields) on top; returns its row."""
+    overrides = {**LEGS[leg], **(extra or {})}
     settings = SwarmSettings(
         task_seed=seed,
         seed=seed,
@@ -141,7 +150,7 @@ def _leg(plan: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tenso
         lr=plan["lr"],
         loss=LossConfig(loss="two_sided"),
         model_shape=plan["model"],
-        **LEGS[leg],
+        **overrides,
     )
     begin = time.perf_counter()
     summary = run_swarm(settings, initial_state=state)
@@ -162,6 +171,7 @@ def _leg(plan: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tenso
         "seed": seed,
         "cumulative_reward": summary["mean_cumulative_local_reward"],
         "pass_at_1": summary["mean_pass_at_1"],
+        "answer_pass_at_1": summary["mean_answer_pass_at_1"],
         "trigger_rate": summary["mean_trigger_rate"],
         "sampled_trigger_rate": summary["mean_sampled_trigger_rate_last5"],
         "nodes_triggered_over_half": sum(n["trigger_rate"] > 0.5 for n in honest),
@@ -291,7 +301,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         state, info = _warm_start(plan, seed)
         warm_starts.append(info)
         print(f"[bench rl_swarm] warm-start seed {seed}: {info}", flush=True)
-        rows.extend(_leg(plan, leg, seed, state) for leg in plan["legs"])
+        rows.extend(run_leg(plan, leg, seed, state) for leg in plan["legs"])
     result = {
         "quick": quick,
         "command": "farsync bench rl" + (" --quick" if quick else ""),
