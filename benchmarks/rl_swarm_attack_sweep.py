@@ -58,7 +58,9 @@ def run(name: str, seeds: list[int], leg: str, changes: dict[str, Any], out: Pat
     for seed in seeds:
         state = _warm(seed)
         row = rl_swarm.run_leg(plan, leg, seed, state, extra=leg_changes)
-        row.update({"name": name, "changes": changes})
+        settings = {**rl_swarm.LEGS[leg], **leg_changes}
+        attack = settings.get("attack", "out_of_context") if settings.get("malicious_fraction", 0) else "-"
+        row.update({"name": name, "changes": changes, "attack": attack})
         with out.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
 
@@ -69,14 +71,14 @@ def summary(out: Path) -> str:
     for row in rows:
         names.setdefault((row["name"], row["leg"]), []).append(row)
     lines = [
-        "| config | leg | changes | seeds | trigger rate per seed | median trigger | median pass@1 | "
+        "| config | leg | attack | changes | seeds | trigger rate per seed | median trigger | median pass@1 | "
         "median cumulative reward | nodes > 50% triggered |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, leg), group in names.items():
         trig = [r["trigger_rate"] for r in group]
         lines.append(
-            f"| {name} | {leg} | {json.dumps(group[0]['changes'])} | {[r['seed'] for r in group]} | "
+            f"| {name} | {leg} | {group[0].get('attack', '?')} | {json.dumps(group[0]['changes'])} | {[r['seed'] for r in group]} | "
             f"{', '.join(f'{t:.3f}' for t in trig)} | {statistics.median(trig):.3f} | "
             f"{statistics.median(r['pass_at_1'] for r in group):.3f} | "
             f"{statistics.median(r['cumulative_reward'] for r in group):.2f} | "
