@@ -61,7 +61,7 @@ from farsync.rl.sft import SupervisedTrainer
 from farsync.rl.swarm import SwarmSettings, run_swarm, task_vocab_size
 from farsync.rl.tasks import CharTokenizer, make_task
 
-__all__ = ["ATTACK_LEGS", "FULL", "LEGS", "QUICK", "SHARING_LEGS", "run", "run_leg"]
+__all__ = ["ATTACK_LEGS", "FULL", "LEGS", "QUICK", "SHARING_LEGS", "leg_settings", "run", "run_leg"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,16 +139,11 @@ def _warm_start(plan: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor
     return copy.deepcopy(model.state_dict()), info
 
 
-def run_leg(
-    plan: dict[str, Any],
-    leg: str,
-    seed: int,
-    state: dict[str, torch.Tensor],
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One leg of the benchmark for one seed from the warm-start ``state``: the plan's settings (with its
-    ``attack`` settings on top for an attack leg), then :data:`LEGS`'s for ``leg``, then ``extra``
-    (:class:`~farsync.rl.swarm.SwarmSettings` fields); returns its row."""
+def leg_settings(
+    plan: dict[str, Any], leg: str, seed: int, extra: dict[str, Any] | None = None
+) -> SwarmSettings:
+    """A leg's swarm settings for one seed: the plan's (with its ``attack`` settings on top for an attack
+    leg), then :data:`LEGS`'s for ``leg``, then ``extra`` (:class:`~farsync.rl.swarm.SwarmSettings` fields)."""
     base = {"lr": plan["lr"], "num_rounds": plan["num_rounds"]}
     if leg in ATTACK_LEGS:
         base.update(plan.get("attack", {}))
@@ -164,7 +159,19 @@ def run_leg(
         **LEGS[leg],
         **(extra or {}),
     }
-    settings = SwarmSettings(**fields)
+    return SwarmSettings(**fields)
+
+
+def run_leg(
+    plan: dict[str, Any],
+    leg: str,
+    seed: int,
+    state: dict[str, torch.Tensor],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One leg of the benchmark for one seed from the warm-start ``state`` (settings by
+    :func:`leg_settings`); returns its row."""
+    settings = leg_settings(plan, leg, seed, extra)
     begin = time.perf_counter()
     summary = run_swarm(settings, initial_state=state)
     honest = [n for n in summary["nodes"] if not n["malicious"]]
