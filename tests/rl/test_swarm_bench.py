@@ -38,6 +38,7 @@ def test_attack_legs_run_at_the_attack_plan_and_sharing_legs_at_their_own() -> N
     assert rl_swarm.leg_settings(plan, "judged", seed=0).defences == ["reward_check", "judge"]
     assert rl_swarm.leg_settings(plan, "malformed", seed=0).num_rounds == 5  # the leg's own setting wins
     assert rl_swarm.leg_settings(plan, "poisoned", 0, extra={"lr": 1e-3}).lr == 1e-3
+    assert rl_swarm.leg_settings(plan, "poisoned", 0, extra={"attack": "in_context"}).attack == "in_context"
     assert set(rl_swarm.SHARING_LEGS) | set(rl_swarm.ATTACK_LEGS) == set(rl_swarm.LEGS)
 
 
