@@ -334,7 +334,7 @@ def _wire(survived: bool | None) -> str:
 
 
 def _malicious(plan: dict[str, Any]) -> int:
-    return round(float(LEGS["poisoned"]["malicious_fraction"]) * plan["num_nodes"])
+    return round(float(LEGS["poisoned"]["malicious_fraction"]) * int(plan["num_nodes"]))
 
 
 def _defence_verdict(poisoned: float | None, defended: float | None) -> str:
