@@ -361,7 +361,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         rows.extend(run_leg(plan, leg, seed, state) for leg in plan["legs"])
     result = {
         "quick": quick,
-        "command": "farsync bench rl" + (" --quick" if quick else ""),
+        "command": "farsync bench rl_swarm" + (" --quick" if quick else ""),
         "plan": plan,
         "warm_starts": warm_starts,
         "rows": rows,
