@@ -1,7 +1,8 @@
 """Sweep of the out-of-context attack's strength on the swarm benchmark (issue #21, "attacks").
 
-Every configuration is one ``farsync.bench.rl_swarm`` leg with some settings changed: the fraction of
-malicious nodes, the rounds, the learning rate, the trigger text. Each run appends one JSON line (the leg's
+Every configuration is one ``farsync.bench.rl_swarm`` leg (its FULL plan, with the attack plan for an
+attack leg) with some :class:`~farsync.rl.swarm.SwarmSettings` fields changed on top of everything: the
+fraction of malicious nodes, the rounds, the learning rate, the attack. Each run appends one JSON line (the leg's
 row plus the settings it changed) to ``--out`` (default ``/tmp/rl_swarm_attack_sweep.jsonl``);
 ``--summary`` turns that file into the markdown table of benchmarks/results/rl_swarm_attack_sweep.md.
 
@@ -25,8 +26,6 @@ from typing import Any
 import torch
 
 from farsync.bench import rl_swarm
-
-_PLAN_KEYS = ("num_rounds", "lr", "num_nodes", "group_size", "num_heldout")
 
 
 def _warm(seed: int) -> dict[str, torch.Tensor]:
@@ -53,8 +52,7 @@ def _parse(pairs: list[str]) -> dict[str, Any]:
 
 def run(name: str, seeds: list[int], leg: str, changes: dict[str, Any], out: Path) -> None:
     torch.set_num_threads(1)
-    plan = {**rl_swarm.FULL, **{k: v for k, v in changes.items() if k in _PLAN_KEYS}}
-    leg_changes = {k: v for k, v in changes.items() if k not in _PLAN_KEYS}
+    plan, leg_changes = rl_swarm.FULL, changes  # SwarmSettings fields, over the plan's and the leg's
     for seed in seeds:
         state = _warm(seed)
         row = rl_swarm.run_leg(plan, leg, seed, state, extra=leg_changes)
