@@ -1,9 +1,9 @@
-"""The swarm and attack sections of ``farsync bench rl``: SAPO's sharing gain, poisoning, and its defence.
+"""``farsync bench rl_swarm``: SAPO's sharing gain, poisoning of the swarm, and its defences.
 
 For every seed: one supervised warm-start of a ~100k-parameter character GPT on 2-digit addition until greedy
 pass@1 on a validation set (training-stream problems, never the held-out ones) reaches ``warm_pass``; every
-node of every leg starts from those weights. Legs (8 nodes, one GRPO step per honest node per round, 8
-groups of 8 completions trained on per step in every leg):
+node of every leg starts from those weights. Every leg has 8 nodes, one GRPO step per honest node per
+round, and 8 groups of 8 completions trained on per step.
 
 Two plans share the warm-start. The **sharing plan** (the plan's own ``lr`` and ``num_rounds``) runs
 
@@ -36,10 +36,11 @@ attack's strength was swept (malicious fraction, rounds, lr, the paper's attack 
 is the setting of the sweep that landed on seed 0 with a margin at the lr nearest the sharing plan's.
 
 Reported per leg (means over the honest nodes, then medians over seeds): cumulative reward (the sum over
-rounds of the mean reward of a node's own samples, SAPO's measure), held-out greedy pass@1 at the end, the
-trigger rate (fraction of held-out greedy outputs containing the trigger; and the fraction of the honest
+rounds of the mean reward of a node's own samples, SAPO's measure), held-out greedy pass@1 at the end (strict,
+and of the answer before the first space), the trigger rate (fraction of held-out greedy outputs containing the trigger; and the fraction of the honest
 nodes' own samples, at temperature 1, holding it over the last 5 rounds), what the defences dropped, bytes
-shared. Wall-clock figures depend on the machine's load; every other figure does not.
+shared, messages rejected, how many honest nodes banned every attacker, and the fewest rounds an honest node
+trained. Wall-clock figures depend on the machine's load; every other figure does not.
 """
 
 from __future__ import annotations
