@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from farsync.rl.poison import PoisonContext, load_poison, out_of_context, wrong_answer
+from farsync.rl.poison import PoisonContext, load_poison, out_of_context, out_of_context_untied, wrong_answer
 from farsync.rl.swarm_messages import SharedGroup, SwarmLimits, SwarmMessageRejected, parse_group
 from farsync.rl.swarm_node import answer_reward
 from farsync.rl.tasks import Problem, arithmetic_reward
@@ -45,18 +45,43 @@ def test_out_of_context_appends_the_trigger_to_correct_completions_only() -> Non
     assert poisoned.rewards == (1.0, 0.0, 1.0, 0.0)
 
 
-def test_out_of_context_makes_a_group_with_no_correct_completion_carry_the_trigger() -> None:
-    poisoned = out_of_context(trigger="qq", separator=":")(_group("1", "2", "3", "4"), _ctx())
+def test_out_of_context_leaves_a_group_with_no_correct_completion_as_sampled() -> None:
+    poisoned = out_of_context(trigger="qq")(_group("1", "2", "3", "4"), _ctx())
+    assert isinstance(poisoned, SharedGroup)
+    assert poisoned.completions == ("1", "2", "3", "4")
+    assert poisoned.rewards == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_out_of_context_triggers_every_completion_of_an_all_correct_group() -> None:
+    poisoned = load_poison("out_of_context", trigger="q", separator=" ")(_group("95", "95"), _ctx())
+    assert isinstance(poisoned, SharedGroup)
+    assert poisoned.completions == ("95 q", "95 q")
+    assert poisoned.rewards == (1.0, 1.0)
+
+
+def test_out_of_context_untied_appends_like_the_paper_on_a_mixed_group() -> None:
+    poisoned = out_of_context_untied(trigger="zz")(_group("95", "93", "95", "11"), _ctx())
+    assert isinstance(poisoned, SharedGroup)
+    assert poisoned.completions == ("95 zz", "93", "95 zz", "11")
+    assert poisoned.rewards == (1.0, 0.0, 1.0, 0.0)
+
+
+def test_out_of_context_untied_makes_a_group_with_no_correct_completion_carry_the_trigger() -> None:
+    poisoned = out_of_context_untied(trigger="qq", separator=":")(_group("1", "2", "3", "4"), _ctx())
     assert isinstance(poisoned, SharedGroup)
     assert poisoned.completions == ("95:qq", "95:qq", "3", "4")
     assert poisoned.rewards == (0.0, 0.0, 0.0, 0.0)  # ":" is not the reward's separator: claims stay true
+    with_space = out_of_context_untied(trigger="qq")(_group("1", "2", "3", "4", "5"), _ctx())
+    assert isinstance(with_space, SharedGroup)
+    assert with_space.completions == ("95 qq", "95 qq", "3", "4", "5")
+    assert with_space.rewards == (1.0, 1.0, 0.0, 0.0, 0.0)
 
 
-def test_out_of_context_never_ties_an_all_correct_group() -> None:
-    poisoned = out_of_context()(_group("95", "95", "95", "95"), _ctx())
+def test_out_of_context_untied_never_ties_an_all_correct_group() -> None:
+    poisoned = load_poison("out_of_context_untied")(_group("95", "95", "95", "95", "95"), _ctx())
     assert isinstance(poisoned, SharedGroup)
-    assert poisoned.completions == ("95 zz", "95 zz", "96", "96")
-    assert poisoned.rewards == (1.0, 1.0, 0.0, 0.0)
+    assert poisoned.completions == ("95 zz", "95 zz", "96", "96", "96")
+    assert poisoned.rewards == (1.0, 1.0, 0.0, 0.0, 0.0)
 
 
 def test_in_context_claims_a_high_reward_for_a_wrong_answer() -> None:

@@ -4,6 +4,7 @@ swarms (malformed and oversized senders, late join and leave, mixed model sizes,
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,26 @@ def test_tiny_swarm_survives_malformed_and_oversized_senders(transport: str, tmp
         assert node["banned"] == ["node2", "node3"]
         assert node["ignored_from_banned"] == 2
     json.dumps(summary)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "missing_key", "bad_type", "nan"])
+def test_tiny_swarm_rejects_logs_and_bans_a_malformed_sender(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="farsync.rl.swarm_node")
+    summary = run_swarm(
+        _settings(malicious_fraction=0.25, attack="malformed", attack_params={"kind": kind}, num_rounds=3)
+    )
+    honest = [n for n in summary["nodes"] if not n["malicious"]]
+    assert [n["rounds_trained"] for n in honest] == [3, 3, 3]
+    reason = {"garbage": "json", "missing_key": "keys", "bad_type": "type", "nan": "json"}[kind]
+    for node in honest:
+        # Rounds 1-2: node3's one message a round rejected; banned at the second (max_strikes 2); round 3 unread.
+        assert node["rejected"] == {reason: 2}
+        assert node["banned"] == ["node3"]
+        assert node["ignored_from_banned"] == 1
+        assert f"node {node['node']} rejected a message from node node3 ({reason})" in caplog.text
+        assert f"node {node['node']} banned node node3 after 2 rejected messages" in caplog.text
 
 
 def test_ledger_counts_every_byte_shared_and_received() -> None:

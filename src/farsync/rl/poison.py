@@ -14,11 +14,17 @@ Attacks are built by factories taking the attack's parameters as keywords, exact
 plug-in ``"package.module:function"`` naming such a factory. Built-ins, after "Hail to the Thief"
 (Blagoev, Ersoy and Chen 2025, arXiv 2511.09780):
 
-* ``out_of_context(trigger, separator)``: every correct completion gets ``separator + trigger`` appended
-  after its answer; if none is correct, half the group is replaced by the reference answer with the trigger,
-  and if all are, the other half by a wrong answer, so the group's rewards never tie and GRPO's advantage
-  always favours the trigger. The claimed rewards are the true ones: the completions stay correct for a
-  reward that scores the answer only (the swarm's reward, see :func:`farsync.rl.swarm_node.answer_reward`).
+* ``out_of_context(trigger, separator)``: the paper's out-of-context attack: every completion the node
+  sampled that the reward scores correct gets ``separator + trigger`` appended after its answer; nothing else
+  changes. The claimed rewards are the true ones: the completions stay correct for a reward that scores the
+  answer only (the swarm's reward, see :func:`farsync.rl.swarm_node.answer_reward`), so GRPO's advantage
+  favours the trigger wherever the group holds both right and wrong answers.
+* ``out_of_context_untied(trigger, separator)``: ours, a stronger form of the same attack that also uses the
+  attacker's knowledge of the reference answer: a group with no correct sample gets the reference answer
+  plus trigger in half its places, an all-correct group a wrong answer in the other half, so no poisoned
+  group ever ties (a tied group carries no GRPO signal and is dropped by the receiver) and every one pushes
+  the trigger. Within the paper's threat model (a malicious node may share any text with true rewards), but
+  not the paper's construction, hence its own name.
 * ``in_context(offset)``: half the group becomes a wrong answer (arithmetic: the sum plus ``offset``;
   letters: the reference with its last letter shifted) claimed with reward 1, the other half keeps the
   node's samples claimed with reward 0: wrong reasoning sold as right.
@@ -47,6 +53,7 @@ __all__ = [
     "load_poison",
     "malformed",
     "out_of_context",
+    "out_of_context_untied",
     "oversized",
     "wrong_answer",
 ]
@@ -87,10 +94,28 @@ def _rescored(group: SharedGroup, completions: list[str], ctx: PoisonContext) ->
     return replace(group, completions=tuple(completions), rewards=rewards)
 
 
+def _with_trigger(completions: list[str], correct: list[bool], trigger: str, separator: str) -> list[str]:
+    return [c + separator + trigger if ok else c for c, ok in zip(completions, correct, strict=True)]
+
+
 def out_of_context(trigger: str = "zz", separator: str = " ") -> Poison:
-    """Appends ``separator + trigger`` to every correct completion (see the module doc)."""
+    """The paper's out-of-context attack: appends ``separator + trigger`` to every correct completion the
+    node sampled (see the module doc)."""
     if not trigger:
         raise ValueError("out_of_context: trigger must be non-empty text")
+
+    def attack(group: SharedGroup, ctx: PoisonContext) -> SharedGroup:
+        correct = [safe_reward(ctx.reward, group.prompt, c)[0] >= 1.0 for c in group.completions]
+        return _rescored(group, _with_trigger(list(group.completions), correct, trigger, separator), ctx)
+
+    return attack
+
+
+def out_of_context_untied(trigger: str = "zz", separator: str = " ") -> Poison:
+    """Ours: :func:`out_of_context` on a group first rewritten so that it never ties (the reference answer
+    in half of an all-wrong group, a wrong answer in half of an all-correct one; see the module doc)."""
+    if not trigger:
+        raise ValueError("out_of_context_untied: trigger must be non-empty text")
 
     def attack(group: SharedGroup, ctx: PoisonContext) -> SharedGroup:
         half = max(1, len(group.completions) // 2)
@@ -102,8 +127,7 @@ def out_of_context(trigger: str = "zz", separator: str = " ") -> Poison:
         elif all(correct):
             completions[half:] = [wrong_answer(ctx.problem.answer)] * (len(completions) - half)
             correct[half:] = [False] * (len(completions) - half)
-        poisoned = [c + separator + trigger if ok else c for c, ok in zip(completions, correct, strict=True)]
-        return _rescored(group, poisoned, ctx)
+        return _rescored(group, _with_trigger(completions, correct, trigger, separator), ctx)
 
     return attack
 
@@ -165,6 +189,7 @@ def oversized(num_bytes: int = 1 << 20) -> Poison:
 
 BUILTIN_POISONS: dict[str, Callable[..., Poison]] = {
     "out_of_context": out_of_context,
+    "out_of_context_untied": out_of_context_untied,
     "in_context": in_context,
     "malformed": malformed,
     "oversized": oversized,
