@@ -2,8 +2,10 @@
 
 This module owns the swarm's membership, exchange and bookkeeping (a node's own step is
 :mod:`farsync.rl.swarm_node`). Swarm sAmpling Policy Optimization (Gensyn 2025, "Sharing is Caring",
-arXiv 2509.08721): every node trains its own policy (sizes may differ) on ``num_local_groups`` groups it
-sampled and ``num_shared_groups`` groups its peers shared as text.
+arXiv 2509.08721): every node samples and shares a batch of ``num_generated_groups`` groups (default
+``num_local_groups + num_shared_groups``, the paper's equal compute) and trains its own policy (sizes may
+differ) on ``num_local_groups`` of them drawn at random and ``num_shared_groups`` untied groups its peers
+shared as text (see :mod:`farsync.rl.swarm_node`).
 
 Rounds are synchronous: in round ``r`` the live nodes (``join_round <= r < leave_round``) sample and share,
 then each honest node receives what its live peers shared this round and takes one GRPO step. A node that
@@ -63,6 +65,8 @@ class SwarmSettings:
     """SAPO's I: own groups per step."""
     num_shared_groups: int = 4
     """SAPO's J: peers' groups per step (0: no sharing; nothing is sent)."""
+    num_generated_groups: int = 0
+    """Groups each node samples and shares per round; 0: I + J (SAPO's equal compute); I: ours, unequal."""
     group_size: int = 8
     """Completions per prompt."""
     max_new_tokens: int = 8
@@ -114,6 +118,11 @@ class SwarmSettings:
             (self.num_rounds >= 1, "num_rounds", "must be >= 1"),
             (self.num_local_groups >= 1, "num_local_groups", "must be >= 1"),
             (self.num_shared_groups >= 0, "num_shared_groups", "must be >= 0"),
+            (
+                self.num_generated_groups == 0 or self.num_generated_groups >= self.num_local_groups,
+                "num_generated_groups",
+                "must be 0 (I + J) or >= num_local_groups",
+            ),
             (
                 2 <= self.group_size <= self.limits.max_group_size,
                 "group_size",
@@ -175,6 +184,7 @@ def _build_nodes(settings: SwarmSettings, initial_state: dict[str, torch.Tensor]
             model_shape=shape,
             num_local_groups=settings.num_local_groups,
             num_shared_groups=settings.num_shared_groups,
+            num_generated_groups=settings.num_generated_groups,
             group_size=settings.group_size,
             max_new_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
@@ -314,6 +324,10 @@ def run_swarm(
         "trigger_rate",
         "sampled_trigger_rate_last5",
         "cumulative_local_reward",
+        "tied_local",
+        "local_used",
+        "tied_shared",
+        "shared_used",
     )
     for key in keys:
         values = [float(r[key]) for r in honest]

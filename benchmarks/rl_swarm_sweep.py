@@ -1,0 +1,233 @@
+"""Sweep of SAPO's sharing gain (8 local / 0 shared against 4 / 4) over the regime: warm-start strength (reward
+sparsity), learning rate, rounds, group size, task, and how the compute is matched.
+
+Every cell runs both legs with the same settings on seeds 0, 1, 2 (one warm-start per seed and cell, shared by
+the two legs) and reports the gain of the median cumulative reward, as ``farsync bench rl`` does. Legs follow
+the paper's equal compute (:mod:`farsync.rl.swarm_node`): each node samples and shares 8 groups a round and
+trains on 8 (all its own; or 4 of its own drawn at random and 4 untied shared ones); the cell ``ours_split``
+is the split this project used first (a 4 / 4 node samples only 4 groups).
+
+Usage (from the repository root, one process at a time on a shared machine)::
+
+    PYTHONPATH=src python benchmarks/rl_swarm_sweep.py CELL [CELL ...]   # runs cells not yet in the JSON
+    PYTHONPATH=src python benchmarks/rl_swarm_sweep.py --summary         # writes the markdown summary
+
+Results accumulate in ``benchmarks/results/rl_swarm_sweep.json``; the summary is
+``benchmarks/results/rl_swarm_sweep.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from farsync.rl.grpo import LossConfig
+from farsync.rl.policy import build_policy, pass_at_1
+from farsync.rl.sft import SupervisedTrainer
+from farsync.rl.swarm import SwarmSettings, run_swarm, task_vocab_size
+from farsync.rl.tasks import CharTokenizer, make_task
+
+RESULTS = Path(__file__).parent / "results"
+JSON_PATH = RESULTS / "rl_swarm_sweep.json"
+MD_PATH = RESULTS / "rl_swarm_sweep.md"
+CACHE = Path("/tmp/farsync_rl_swarm_sweep_warm")
+
+BASE: dict[str, Any] = {
+    "task": "arithmetic",
+    "seeds": [0, 1, 2],
+    "num_nodes": 8,
+    "num_rounds": 60,
+    "group_size": 8,
+    "lr": 3e-4,
+    "warm_pass": 0.25,
+    "max_sft_steps": 2000,
+    "num_heldout": 100,
+    "num_validation": 100,
+    "temperature": 1.0,
+    "generated": 0,
+    "model": {"num_layers": 2, "width": 64, "num_heads": 4, "context_length": 16},
+}
+"""The quick plan of ``farsync bench rl`` (the setting of the -1.4% measurement), with SAPO's equal compute."""
+
+CELLS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "ours_split": {"generated": "split"},
+    "warm10": {"warm_pass": 0.10},
+    "warm05": {"warm_pass": 0.05},
+    "warm02": {"warm_pass": 0.02},
+    "warm10_lr1e3": {"warm_pass": 0.10, "lr": 1e-3},
+    "warm05_lr1e3": {"warm_pass": 0.05, "lr": 1e-3},
+    "warm05_lr1e3_r100": {"warm_pass": 0.05, "lr": 1e-3, "num_rounds": 100},
+    "warm05_g4": {"warm_pass": 0.05, "group_size": 4},
+    "warm05_lr1e3_g4": {"warm_pass": 0.05, "lr": 1e-3, "group_size": 4},
+    "warm25_lr1e3": {"lr": 1e-3},
+    "warm05_lr6e4": {"warm_pass": 0.05, "lr": 6e-4},
+    "warm05_lr6e4_r100": {"warm_pass": 0.05, "lr": 6e-4, "num_rounds": 100},
+    "warm05_t07": {"warm_pass": 0.05, "temperature": 0.7},
+    "reversal_warm05": {"task": "reversal", "warm_pass": 0.05},
+    "reversal_warm05_lr1e3": {"task": "reversal", "warm_pass": 0.05, "lr": 1e-3},
+}
+"""Each cell's changes to ``BASE`` (the same for both legs)."""
+
+
+def _warm_start(cell: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The bench's supervised warm-start, for any shipped task, cached on disk by its settings."""
+    key = f"{cell['task']}-s{seed}-p{cell['warm_pass']}-m{cell['max_sft_steps']}-h{cell['num_heldout']}"
+    key += "-" + "-".join(f"{k}{v}" for k, v in sorted(cell["model"].items()))
+    path = CACHE / f"{key}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        return saved["state"], saved["info"]
+    torch.manual_seed(seed)
+    model = build_policy(**cell["model"], vocab_size=task_vocab_size())
+    task = make_task(cell["task"], seed=seed, num_heldout=cell["num_heldout"])
+    trainer = SupervisedTrainer(model, task, lr=3e-3, batch_size=32)
+    validation, reached = task.validation(cell["num_validation"]), 0.0
+    while trainer.num_steps < cell["max_sft_steps"] and reached < cell["warm_pass"]:
+        trainer.run(25)
+        reached = pass_at_1(model, validation, task.reward, CharTokenizer(), max_new_tokens=8)
+    heldout = pass_at_1(model, task.heldout, task.reward, CharTokenizer(), max_new_tokens=8)
+    info = {"sft_steps": trainer.num_steps, "validation_pass": reached, "heldout_pass": heldout}
+    state = copy.deepcopy(model.state_dict())
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": state, "info": info}, path)
+    return state, info
+
+
+def _leg(cell: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    local, shared = (8, 0) if leg == "local" else (4, 4)
+    generated = local if cell["generated"] == "split" else cell["generated"]
+    settings = SwarmSettings(
+        task=cell["task"],
+        task_seed=seed,
+        seed=seed,
+        num_heldout=cell["num_heldout"],
+        num_nodes=cell["num_nodes"],
+        num_rounds=cell["num_rounds"],
+        group_size=cell["group_size"],
+        temperature=cell["temperature"],
+        lr=cell["lr"],
+        loss=LossConfig(loss="two_sided"),
+        model_shape=cell["model"],
+        num_local_groups=local,
+        num_shared_groups=shared,
+        num_generated_groups=generated,
+    )
+    begin = time.process_time()
+    summary = run_swarm(settings, initial_state=state)
+    return {
+        "leg": leg,
+        "seed": seed,
+        "cumulative_reward": summary["mean_cumulative_local_reward"],
+        "pass_at_1": summary["mean_pass_at_1"],
+        "tied_local": summary["mean_tied_local"],
+        "local_used": summary["mean_local_used"],
+        "shared_used": summary["mean_shared_used"],
+        "tied_shared": summary["mean_tied_shared"],
+        "cpu_s": time.process_time() - begin,
+    }
+
+
+def _gain(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def median(leg: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows if r["leg"] == leg)
+
+    local, swarm = median("local", "cumulative_reward"), median("swarm", "cumulative_reward")
+    per_seed = {}
+    for seed in sorted({r["seed"] for r in rows}):
+        pair = {r["leg"]: r["cumulative_reward"] for r in rows if r["seed"] == seed}
+        if "local" in pair and "swarm" in pair and pair["local"] > 0:
+            per_seed[seed] = 100 * (pair["swarm"] / pair["local"] - 1)
+    return {
+        "local_median": local,
+        "swarm_median": swarm,
+        "gain_percent": 100 * (swarm / local - 1) if local > 0 else float("nan"),
+        "per_seed_gain_percent": per_seed,
+        "pass_local_median": median("local", "pass_at_1"),
+        "pass_swarm_median": median("swarm", "pass_at_1"),
+    }
+
+
+def run_cell(name: str, results: dict[str, Any]) -> None:
+    cell = {**BASE, **CELLS[name]}
+    rows, warm = [], []
+    for seed in cell["seeds"]:
+        state, info = _warm_start(cell, seed)
+        warm.append({"seed": seed, **info})
+        for leg in ("local", "swarm"):
+            row = _leg(cell, leg, seed, state)
+            rows.append(row)
+            print(f"[sweep] {name} seed {seed} {leg}: {row}", flush=True)
+    results[name] = {"changes": CELLS[name], "warm_starts": warm, "rows": rows, **_gain(rows)}
+    print(f"[sweep] {name}: gain {results[name]['gain_percent']:+.1f}%", flush=True)
+
+
+def _load() -> dict[str, Any]:
+    return json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
+
+
+def write_summary(results: dict[str, Any]) -> None:
+    lines = [
+        "# SAPO sharing gain: sweep (8 local / 0 shared vs 4 / 4, equal compute)",
+        "",
+        "Generated by `benchmarks/rl_swarm_sweep.py` (`PYTHONPATH=src python benchmarks/rl_swarm_sweep.py CELL`,"
+        " then `--summary`). Base (the quick plan of `farsync bench rl`): "
+        + ", ".join(f"{k} {v}" for k, v in BASE.items() if k != "seeds")
+        + ". Both legs of a cell use the same settings and the same warm-start per seed; every node samples"
+        " and shares 8 groups a round and trains on 8 (SAPO's equal compute), except `ours_split` (a 4 / 4"
+        " node samples only its 4). Gain: median over seeds 0, 1, 2 of the 4 / 4 cumulative reward over the"
+        " median of 8 / 0's (cumulative reward: the sum over rounds of the mean reward of a node's own batch,"
+        " mean over nodes). CPU seconds are per leg (the machine is shared; they depend little on load).",
+        "",
+        "| cell | changes | warm held-out pass@1 (seeds) | 8/0 cum. reward (seeds) | 4/4 cum. reward (seeds) "
+        "| gain of medians | per-seed gains | held-out pass@1 8/0 -> 4/4 | own groups tied (4/4) | shared used |"
+        " CPU s/leg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        rows = r["rows"]
+
+        def values(leg: str, key: str, rows: list[dict[str, Any]] = rows) -> str:
+            return " / ".join(f"{x[key]:.2f}" for x in rows if x["leg"] == leg)
+
+        swarm = [x for x in rows if x["leg"] == "swarm"]
+        tied = statistics.mean(x["tied_local"] for x in swarm)
+        used = statistics.mean(x["shared_used"] for x in swarm)
+        cpu = statistics.mean(x["cpu_s"] for x in rows)
+        changes = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "-"
+        warm = " / ".join(f"{w['heldout_pass']:.2f}" for w in r["warm_starts"])
+        seeds = " / ".join(f"{g:+.0f}%" for g in r["per_seed_gain_percent"].values())
+        lines.append(
+            f"| {name} | {changes} | {warm} | {values('local', 'cumulative_reward')} | "
+            f"{values('swarm', 'cumulative_reward')} | **{r['gain_percent']:+.1f}%** | {seeds} | "
+            f"{r['pass_local_median']:.3f} -> {r['pass_swarm_median']:.3f} | {tied:.0f} | {used:.0f} | {cpu:.0f} |"
+        )
+    MD_PATH.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(1)
+    results = _load()
+    if argv == ["--summary"]:
+        write_summary(results)
+        return
+    for name in argv:
+        if name not in CELLS:
+            raise SystemExit(f"unknown cell {name!r}; allowed: {', '.join(CELLS)}")
+        if name in results:
+            print(f"[sweep] {name}: already measured", flush=True)
+            continue
+        run_cell(name, results)
+        JSON_PATH.write_text(json.dumps(results, indent=1, sort_keys=True))
+        write_summary(results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
