@@ -52,6 +52,8 @@ BASE: dict[str, Any] = {
     "num_validation": 100,
     "temperature": 1.0,
     "generated": 0,
+    "strong_nodes": 0,
+    "strong_pass": 0.25,
     "model": {"num_layers": 2, "width": 64, "num_heads": 4, "context_length": 16},
 }
 """The quick plan of ``farsync bench rl`` (the setting of the -1.4% measurement), with SAPO's equal compute."""
@@ -73,8 +75,15 @@ CELLS: dict[str, dict[str, Any]] = {
     "warm05_t07": {"warm_pass": 0.05, "temperature": 0.7},
     "reversal_warm05": {"task": "reversal", "warm_pass": 0.05},
     "reversal_warm05_lr1e3": {"task": "reversal", "warm_pass": 0.05, "lr": 1e-3},
+    "warm05_r120": {"warm_pass": 0.05, "num_rounds": 120},
+    "warm02_g4": {"warm_pass": 0.02, "group_size": 4},
+    "warm05_g16": {"warm_pass": 0.05, "group_size": 16},
+    "mixed2_warm05": {"warm_pass": 0.05, "strong_nodes": 2},
+    "mixed1_warm05": {"warm_pass": 0.05, "strong_nodes": 1},
+    "mixed2_warm02": {"warm_pass": 0.02, "strong_nodes": 2},
 }
-"""Each cell's changes to ``BASE`` (the same for both legs)."""
+"""Each cell's changes to ``BASE`` (the same for both legs). ``strong_nodes > 0``: a swarm of unequal nodes, the
+first ``strong_nodes`` warm-started to ``strong_pass``, the others to ``warm_pass``."""
 
 
 def _warm_start(cell: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -101,7 +110,13 @@ def _warm_start(cell: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor
     return state, info
 
 
-def _leg(cell: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _leg(
+    cell: dict[str, Any],
+    leg: str,
+    seed: int,
+    state: dict[str, torch.Tensor],
+    node_states: list[dict[str, torch.Tensor] | None],
+) -> dict[str, Any]:
     local, shared = (8, 0) if leg == "local" else (4, 4)
     generated = local if cell["generated"] == "split" else cell["generated"]
     settings = SwarmSettings(
@@ -121,7 +136,10 @@ def _leg(cell: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tenso
         num_generated_groups=generated,
     )
     begin = time.process_time()
-    summary = run_swarm(settings, initial_state=state)
+    summary = run_swarm(settings, initial_state=state, node_states=node_states)
+    honest = [n for n in summary["nodes"] if not n["malicious"]]
+    curve = [statistics.mean(n["reward_by_round"][i] for n in honest) for i in range(cell["num_rounds"])]
+    tenth = max(cell["num_rounds"] // 10, 1)
     return {
         "leg": leg,
         "seed": seed,
@@ -131,6 +149,8 @@ def _leg(cell: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tenso
         "local_used": summary["mean_local_used"],
         "shared_used": summary["mean_shared_used"],
         "tied_shared": summary["mean_tied_shared"],
+        "reward_first_tenth": statistics.mean(curve[:tenth]),
+        "reward_last_tenth": statistics.mean(curve[-tenth:]),
         "cpu_s": time.process_time() - begin,
     }
 
@@ -161,8 +181,14 @@ def run_cell(name: str, results: dict[str, Any]) -> None:
     for seed in cell["seeds"]:
         state, info = _warm_start(cell, seed)
         warm.append({"seed": seed, **info})
+        node_states: list[dict[str, torch.Tensor] | None] = []
+        if cell["strong_nodes"]:
+            strong, _ = _warm_start({**cell, "warm_pass": cell["strong_pass"]}, seed)
+            node_states = [strong] * cell["strong_nodes"] + [None] * (
+                cell["num_nodes"] - cell["strong_nodes"]
+            )
         for leg in ("local", "swarm"):
-            row = _leg(cell, leg, seed, state)
+            row = _leg(cell, leg, seed, state, node_states)
             rows.append(row)
             print(f"[sweep] {name} seed {seed} {leg}: {row}", flush=True)
     results[name] = {"changes": CELLS[name], "warm_starts": warm, "rows": rows, **_gain(rows)}
@@ -188,8 +214,8 @@ def write_summary(results: dict[str, Any]) -> None:
         "",
         "| cell | changes | warm held-out pass@1 (seeds) | 8/0 cum. reward (seeds) | 4/4 cum. reward (seeds) "
         "| gain of medians | per-seed gains | held-out pass@1 8/0 -> 4/4 | own groups tied (4/4) | shared used |"
-        " CPU s/leg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " batch reward first -> last tenth of rounds, 8/0 and 4/4 (median) | CPU s/leg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         rows = r["rows"]
@@ -204,10 +230,17 @@ def write_summary(results: dict[str, Any]) -> None:
         changes = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "-"
         warm = " / ".join(f"{w['heldout_pass']:.2f}" for w in r["warm_starts"])
         seeds = " / ".join(f"{g:+.0f}%" for g in r["per_seed_gain_percent"].values())
+        curves = "-"
+        if all("reward_first_tenth" in x for x in rows):
+            curves = "; ".join(
+                f"{statistics.median(x['reward_first_tenth'] for x in rows if x['leg'] == leg):.3f} -> "
+                f"{statistics.median(x['reward_last_tenth'] for x in rows if x['leg'] == leg):.3f}"
+                for leg in ("local", "swarm")
+            )
         lines.append(
             f"| {name} | {changes} | {warm} | {values('local', 'cumulative_reward')} | "
             f"{values('swarm', 'cumulative_reward')} | **{r['gain_percent']:+.1f}%** | {seeds} | "
-            f"{r['pass_local_median']:.3f} -> {r['pass_swarm_median']:.3f} | {tied:.0f} | {used:.0f} | {cpu:.0f} |"
+            f"{r['pass_local_median']:.3f} -> {r['pass_swarm_median']:.3f} | {tied:.0f} | {used:.0f} | {curves} | {cpu:.0f} |"
         )
     MD_PATH.write_text("\n".join(lines) + "\n")
 

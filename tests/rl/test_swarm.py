@@ -13,7 +13,7 @@ from farsync.rl.defences import RewardCheck
 from farsync.rl.grpo import LossConfig
 from farsync.rl.intake import ScoredGroup
 from farsync.rl.poison import in_context
-from farsync.rl.swarm import SwarmSettings, run_swarm, task_vocab_size
+from farsync.rl.swarm import SwarmSettings, _build_nodes, run_swarm, task_vocab_size
 from farsync.rl.swarm_messages import SharedGroup, SwarmLimits, encode_group
 from farsync.rl.swarm_node import NodeSettings, SwarmNode, answer_reward
 from farsync.rl.tasks import Problem, make_task
@@ -220,7 +220,9 @@ def test_a_node_samples_and_shares_its_whole_batch_as_sapo_equal_compute() -> No
 def _with_rewards(node: SwarmNode, rewards: list[list[float]]) -> list[tuple[Problem, ScoredGroup]]:
     """The node's own batch with hand-set rewards (one list per group)."""
     batch = node.sample_local()[: len(rewards)]
-    return [(problem, ScoredGroup(group.rollouts, r)) for (problem, group), r in zip(batch, rewards, strict=True)]
+    return [
+        (problem, ScoredGroup(group.rollouts, r)) for (problem, group), r in zip(batch, rewards, strict=True)
+    ]
 
 
 def test_train_draws_i_own_groups_drops_tied_ones_and_records_the_whole_batch_reward() -> None:
@@ -277,3 +279,15 @@ def test_receive_drops_tied_shared_groups_and_draws_j_of_the_rest() -> None:
 def test_generated_groups_below_i_is_rejected() -> None:
     with pytest.raises(ValueError, match="swarm.num_generated_groups"):
         run_swarm(_settings(num_local_groups=2, num_generated_groups=1))
+
+
+def test_node_states_give_nodes_their_own_starting_weights() -> None:
+    settings = _settings()
+    settings.model_shape = {**SHAPE, "vocab_size": task_vocab_size()}
+    shared = {k: torch.zeros_like(v) for k, v in _node().model.state_dict().items()}
+    own = {k: torch.full_like(v, 0.5) for k, v in shared.items()}
+    nodes = _build_nodes(settings, shared, [None, own, None, None])
+    firsts = [float(next(iter(n.model.state_dict().values())).flatten()[0]) for n in nodes]
+    assert firsts == [0.0, 0.5, 0.0, 0.0]
+    with pytest.raises(ValueError, match="node_states has 2 states"):
+        _build_nodes(settings, shared, [own, own])

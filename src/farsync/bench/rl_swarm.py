@@ -2,12 +2,18 @@
 
 For every seed: one supervised warm-start of a ~100k-parameter character GPT on 2-digit addition until greedy
 pass@1 on a validation set (training-stream problems, never the held-out ones) reaches ``warm_pass``; every
-node of every leg starts from those weights. Legs (8 nodes, one GRPO step per honest node per round, 8
-groups of 8 completions trained on per step in every leg):
+node of every leg starts from those weights. The two sharing legs run on the plan's ``sharing`` settings
+(their own warm-start, learning rate and rounds, chosen by the sweep in ``benchmarks/rl_swarm_sweep.py``, see
+``benchmarks/results/rl_swarm_sweep.md``); the attack legs on the plan's own. Legs (8 nodes, one GRPO step
+per honest node per round, 8 groups of 8 completions sampled, shared and trained on per node and step in
+every leg):
 
 * ``local``: 8 local / 0 shared groups (no exchange);
-* ``swarm``: 4 local / 4 shared (SAPO), at equal training compute (the same groups per step; each node
-  samples half as many itself);
+* ``swarm``: 4 local / 4 shared (SAPO), at equal compute as the paper defines it (Gensyn 2025, "Sharing is
+  Caring", arXiv 2509.08721, controlled experiment: every configuration "I local / J external" generates
+  the same rollouts per agent and trains on I + J; the J are drawn uniformly from the swarm's rollouts with
+  non-zero advantage): each node samples and shares its 8 groups, and trains on 4 of them drawn at random
+  plus 4 untied groups drawn from its peers' (:mod:`farsync.rl.swarm_node`);
 * ``poisoned``: ``swarm`` with 2 of the 8 nodes malicious (out-of-context attack: the trigger " zz" after
   correct answers), no defence;
 * ``defended``: ``poisoned`` with the reward check and the token log-probability filter;
@@ -49,6 +55,9 @@ __all__ = ["FULL", "QUICK", "run"]
 logger = logging.getLogger(__name__)
 
 _DEFENCES = ["reward_check", "logprob_filter"]
+SHARING_LEGS = ("local", "swarm")
+"""The legs that run on the plan's ``sharing`` settings."""
+
 LEGS: dict[str, dict[str, Any]] = {
     "local": {"num_local_groups": 8, "num_shared_groups": 0},
     "swarm": {"num_local_groups": 4, "num_shared_groups": 4},
@@ -94,6 +103,7 @@ FULL: dict[str, Any] = {
     "lr": 3e-4,
     "legs": list(LEGS),
     "model": {"num_layers": 2, "width": 64, "num_heads": 4, "context_length": 16},
+    "sharing": {},
 }
 QUICK: dict[str, Any] = {
     **FULL,
@@ -128,6 +138,14 @@ def _warm_start(plan: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor
     info = {"seed": seed, "sft_steps": trainer.num_steps, "validation_pass": reached, "heldout_pass": heldout}
     info["num_params"] = sum(p.numel() for p in model.parameters())
     return copy.deepcopy(model.state_dict()), info
+
+
+def _sharing_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan of the sharing legs: the plan with its ``sharing`` settings on top."""
+    return {**plan, **plan.get("sharing", {})}
+
+
+_WARM_KEYS = ("warm_pass", "max_sft_steps", "num_heldout", "num_validation", "model")
 
 
 def _leg(plan: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -225,12 +243,18 @@ def _markdown(result: dict[str, Any]) -> str:
         f"node from a shared warm-start; seeds {plan['seeds']}; host {result['host']}, shared with other jobs "
         f"(wall-clock figures are load-dependent). Command: `{result['command']}`.",
         "",
+        "Sharing legs (`local`, `swarm`): "
+        + (", ".join(f"{k} {v}" for k, v in plan.get("sharing", {}).items()) or "the same settings")
+        + " (chosen by the sweep, benchmarks/results/rl_swarm_sweep.md); at SAPO's equal compute every node"
+        " samples, shares and trains on 8 groups a step (4 / 4: 4 of its own drawn at random, 4 untied shared).",
+        "",
         "## Warm-start",
         "",
         markdown_table(
             result["warm_starts"],
             [
                 ("seed", "seed", ""),
+                ("legs", "legs", ""),
                 ("SFT steps", "sft_steps", ""),
                 ("validation pass@1", "validation_pass", ".3f"),
                 ("held-out pass@1", "heldout_pass", ".3f"),
@@ -287,11 +311,22 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     begin = time.perf_counter()
     warm_starts: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    sharing = _sharing_plan(plan)
+    own_warm_start = any(sharing[k] != plan[k] for k in _WARM_KEYS)
     for seed in plan["seeds"]:
         state, info = _warm_start(plan, seed)
-        warm_starts.append(info)
+        warm_starts.append({**info, "legs": "all" if not own_warm_start else "attack"})
         print(f"[bench rl_swarm] warm-start seed {seed}: {info}", flush=True)
-        rows.extend(_leg(plan, leg, seed, state) for leg in plan["legs"])
+        sharing_state = state
+        if own_warm_start and any(leg in SHARING_LEGS for leg in plan["legs"]):
+            sharing_state, sharing_info = _warm_start(sharing, seed)
+            warm_starts.append({**sharing_info, "legs": "sharing"})
+            print(f"[bench rl_swarm] sharing warm-start seed {seed}: {sharing_info}", flush=True)
+        for leg in plan["legs"]:
+            if leg in SHARING_LEGS:
+                rows.append(_leg(sharing, leg, seed, sharing_state))
+            else:
+                rows.append(_leg(plan, leg, seed, state))
     result = {
         "quick": quick,
         "command": "farsync bench rl" + (" --quick" if quick else ""),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -164,7 +165,15 @@ def _channels(
     return channels
 
 
-def _build_nodes(settings: SwarmSettings, initial_state: dict[str, torch.Tensor] | None) -> list[SwarmNode]:
+def _build_nodes(
+    settings: SwarmSettings,
+    initial_state: dict[str, torch.Tensor] | None,
+    node_states: Sequence[dict[str, torch.Tensor] | None] = (),
+) -> list[SwarmNode]:
+    if node_states and len(node_states) != settings.num_nodes:
+        raise ValueError(
+            f"node_states has {len(node_states)} states: needs one per node ({settings.num_nodes}) or none"
+        )
     task = make_task(settings.task, seed=settings.task_seed, num_heldout=settings.num_heldout)
     reward = answer_reward(task.reward, settings.commentary_separator)
     num_malicious = round(settings.malicious_fraction * settings.num_nodes)
@@ -196,6 +205,8 @@ def _build_nodes(settings: SwarmSettings, initial_state: dict[str, torch.Tensor]
         own_shape = shape != {**settings.model_shape, **vocab}
         torch.manual_seed(settings.seed * 1000 + index)  # the weights of a node without an initial state
         state = None if own_shape else initial_state
+        if node_states and node_states[index] is not None:
+            state = node_states[index]
         defences = build_defences(
             settings.defences, task=settings.task, min_logprob=settings.min_logprob, judge=settings.judge
         )
@@ -285,15 +296,17 @@ def run_swarm(
     settings: SwarmSettings,
     *,
     initial_state: dict[str, torch.Tensor] | None = None,
+    node_states: Sequence[dict[str, torch.Tensor] | None] = (),
     run_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Runs the swarm for ``settings.num_rounds`` rounds; returns its summary (per node: held-out pass@1,
     the trigger rate of its greedy outputs, cumulative local reward, what it rejected and its defences
     dropped, bytes shared and received). ``initial_state`` is every node's starting policy (nodes of another
-    shape, or all nodes when it is ``None``, start from fresh weights)."""
+    shape, or all nodes when it is ``None``, start from fresh weights); ``node_states`` (one per node, ``None``
+    for "as ``initial_state``") gives nodes their own starting policies (a swarm of unequal nodes)."""
     settings.validate()
     begin = time.perf_counter()
-    nodes = _build_nodes(settings, initial_state)
+    nodes = _build_nodes(settings, initial_state, node_states)
     ids = [n.node_id for n in nodes]
     channels = _channels(settings, ids, run_dir)
     ledgers = {node_id: ByteLedger(rank=i) for i, node_id in enumerate(ids)}
@@ -305,6 +318,7 @@ def run_swarm(
         row["num_params"] = sum(p.numel() for p in node.model.parameters())
         row["rounds_trained"] = len(node.counters.local_rewards)
         row.update(node.counters.as_dict())
+        row["reward_by_round"] = list(node.counters.local_rewards)
         row["defences"] = node.defence_log.as_dict()
         row["ledger"] = ledgers[node.node_id].to_dict()
         row["bytes_shared"] = sum(
