@@ -213,7 +213,7 @@ def write_summary(results: dict[str, Any]) -> None:
         " mean over nodes). CPU seconds are per leg (the machine is shared; they depend little on load).",
         "",
         "| cell | changes | warm held-out pass@1 (seeds) | 8/0 cum. reward (seeds) | 4/4 cum. reward (seeds) "
-        "| gain of medians | per-seed gains | held-out pass@1 8/0 -> 4/4 | own groups tied (4/4) | shared used |"
+        "| gain of medians | per-seed gains (median) | held-out pass@1 8/0 -> 4/4 | own groups tied (4/4) | shared used |"
         " batch reward first -> last tenth of rounds, 8/0 and 4/4 (median) | CPU s/leg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -230,6 +230,7 @@ def write_summary(results: dict[str, Any]) -> None:
         changes = ", ".join(f"{k}={v}" for k, v in r["changes"].items()) or "-"
         warm = " / ".join(f"{w['heldout_pass']:.2f}" for w in r["warm_starts"])
         seeds = " / ".join(f"{g:+.0f}%" for g in r["per_seed_gain_percent"].values())
+        seeds += f" ({statistics.median(r['per_seed_gain_percent'].values()):+.1f}%)"
         curves = "-"
         if all("reward_first_tenth" in x for x in rows):
             curves = "; ".join(

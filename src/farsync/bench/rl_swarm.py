@@ -122,6 +122,7 @@ SMOKE: dict[str, Any] = {
     "legs": list(LEGS),
     "max_sft_steps": 25,
     "model": {"num_layers": 1, "width": 16, "num_heads": 2, "context_length": 16},
+    "sharing": {"warm_pass": 0.05},  # smoke size, its own warm-start (the path the quick plan's sharing legs take)
 }
 
 
