@@ -78,6 +78,7 @@ CELLS: dict[str, dict[str, Any]] = {
     "warm05_r120": {"warm_pass": 0.05, "num_rounds": 120},
     "warm02_g4": {"warm_pass": 0.02, "group_size": 4},
     "warm05_g16": {"warm_pass": 0.05, "group_size": 16},
+    "r150": {"num_rounds": 150},
     "mixed2_warm05": {"warm_pass": 0.05, "strong_nodes": 2},
     "mixed1_warm05": {"warm_pass": 0.05, "strong_nodes": 1},
     "mixed2_warm02": {"warm_pass": 0.02, "strong_nodes": 2},

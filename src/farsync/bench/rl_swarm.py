@@ -103,8 +103,12 @@ FULL: dict[str, Any] = {
     "lr": 3e-4,
     "legs": list(LEGS),
     "model": {"num_layers": 2, "width": 64, "num_heads": 4, "context_length": 16},
-    "sharing": {},
+    "sharing": {"warm_pass": 0.05},
 }
+"""``sharing``: the sharing legs' settings on top of the plan's. A warm-start at validation pass@1 0.05 leaves
+most of a node's own groups tied at reward 0 (about 85% of them), the regime where SAPO's filtered shared
+groups should carry the signal; it gave the best gain of the medians in the sweep
+(benchmarks/results/rl_swarm_sweep.md), though within the seeds' spread there."""
 QUICK: dict[str, Any] = {
     **FULL,
     "num_rounds": 60,
@@ -122,7 +126,9 @@ SMOKE: dict[str, Any] = {
     "legs": list(LEGS),
     "max_sft_steps": 25,
     "model": {"num_layers": 1, "width": 16, "num_heads": 2, "context_length": 16},
-    "sharing": {"warm_pass": 0.05},  # smoke size, its own warm-start (the path the quick plan's sharing legs take)
+    "sharing": {
+        "warm_pass": 0.05
+    },  # smoke size, its own warm-start (the path the quick plan's sharing legs take)
 }
 
 
