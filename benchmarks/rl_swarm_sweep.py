@@ -200,6 +200,33 @@ def _load() -> dict[str, Any]:
     return json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
 
 
+READING = """
+## Reading
+
+- **Target (>= +10% at 4 / 4 against 8 / 0, medians of 3 seeds): not reached in any cell.** The best gain of
+  the medians is `warm05` (+7.1%), but its per-seed gains are +7 / -0 / -7% (median -0.2%): within the seeds'
+  spread. No cell has all three seeds above +10%.
+- **Where GRPO itself learns, sharing costs reward.** From the warm-start at pass@1 0.25 (`base`, `r150`) the
+  8 / 0 nodes' batch reward climbs (0.16 -> 0.24 over 150 rounds, seed 0) and 4 / 4 climbs less (0.16 ->
+  0.22): -6.2% at 60 rounds, -8.3% at 150, with lower held-out pass@1. Every node starts from the same
+  weights and solves the same task, so a peer's group says nothing a node's own would not, while it replaces
+  half of the node's on-policy groups with groups another policy sampled (trained at importance ratio 1,
+  biased). The split of ours (`ours_split`, a 4 / 4 node samples only 4 groups) is no better (-4.5%).
+- **Where most own groups tie (sparse reward), GRPO barely learns at all**, with or without sharing. From a
+  warm-start at pass@1 0.02-0.10, 75-90% of a node's own groups tie at reward 0; 4 / 4 trains on about 4.6
+  informative groups a step against 8 / 0's 1.2, yet the batch reward stays flat over 60-120 rounds in both
+  legs (0.02 -> 0.02 at `warm05`), so the extra signal has nothing to compound: gains of the medians +0.3% to
+  +7.1%, median per-seed gains -0.2% to +4.1% (`warm02`, `warm05`, `warm05_g4`, `warm10`). A higher learning rate (6e-4, 1e-3) makes GRPO unstable here and sharing worse
+  (-9.5%, -17.9%).
+- **Unequal nodes** (`mixed2_warm05`: 2 nodes warm-started to 0.25, 6 to 0.05) give +1.7%: the weak nodes
+  see the strong ones' correct answers but, at this learning rate and length, hardly move.
+- SAPO's reported +94% came from 0.5B-parameter models on a mix of nine ReasoningGym task families, where
+  nodes' policies differ and a correct answer found by one ("Aha moment") is news to the others. A swarm of
+  ~100k-parameter copies of one warm-start on one arithmetic task lacks that diversity; that is our reading,
+  not a measured cause.
+"""
+
+
 def write_summary(results: dict[str, Any]) -> None:
     lines = [
         "# SAPO sharing gain: sweep (8 local / 0 shared vs 4 / 4, equal compute)",
@@ -244,7 +271,14 @@ def write_summary(results: dict[str, Any]) -> None:
             f"{values('swarm', 'cumulative_reward')} | **{r['gain_percent']:+.1f}%** | {seeds} | "
             f"{r['pass_local_median']:.3f} -> {r['pass_swarm_median']:.3f} | {tied:.0f} | {used:.0f} | {curves} | {cpu:.0f} |"
         )
-    MD_PATH.write_text("\n".join(lines) + "\n")
+    not_run = [name for name in CELLS if name not in results]
+    lines += [
+        "",
+        "Cells defined in the script and not run (time): "
+        + (", ".join(f"`{n}`" for n in not_run) or "none")
+        + ".",
+    ]
+    MD_PATH.write_text("\n".join(lines) + "\n" + READING)
 
 
 def main(argv: list[str]) -> None:
