@@ -106,7 +106,7 @@ FULL: dict[str, Any] = {
     "sharing": {"warm_pass": 0.05},
 }
 """``sharing``: the sharing legs' settings on top of the plan's. A warm-start at validation pass@1 0.05 leaves
-most of a node's own groups tied at reward 0 (about 85% of them), the regime where SAPO's filtered shared
+most of a node's own groups tied at reward 0 (75-85% of them), the regime where SAPO's filtered shared
 groups should carry the signal; it gave the best gain of the medians in the sweep
 (benchmarks/results/rl_swarm_sweep.md), though within the seeds' spread there."""
 QUICK: dict[str, Any] = {
