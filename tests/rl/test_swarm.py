@@ -179,6 +179,9 @@ def test_late_join_leave_and_mixed_model_sizes() -> None:
     )
     nodes = {n["node"]: n for n in summary["nodes"]}
     assert [nodes[f"node{i}"]["rounds_trained"] for i in range(4)] == [3, 1, 2, 3]
+    for node in nodes.values():
+        assert len(node["reward_by_round"]) == node["rounds_trained"]
+        assert sum(node["reward_by_round"]) == pytest.approx(node["cumulative_local_reward"])
     assert nodes["node2"]["num_params"] > nodes["node0"]["num_params"]
     # node1 left after round 0 (node2 not yet there): 2 peers once; node2 joined at round 1: 2 rounds x 2 peers;
     # 3 groups (I + J) from each peer each round.

@@ -185,6 +185,7 @@ def _leg(plan: dict[str, Any], leg: str, seed: int, state: dict[str, torch.Tenso
     row = {
         "leg": leg,
         "seed": seed,
+        "warm_pass": plan["warm_pass"],
         "cumulative_reward": summary["mean_cumulative_local_reward"],
         "pass_at_1": summary["mean_pass_at_1"],
         "trigger_rate": summary["mean_trigger_rate"],
