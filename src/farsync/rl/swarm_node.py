@@ -19,10 +19,11 @@ arXiv 2509.08721). Each round a :class:`SwarmNode`
    own tied groups carry zero advantage and are left out of the step).
 
 **Equal compute, as the paper defines it.** In SAPO's controlled experiment (8 agents, 8 completions per
-question) every configuration "I local / J external" has each agent generate the
-same batch and train on I + J rollouts per round; what changes is only how the training batch is drawn: I
-from the agent's own rollouts and J from the swarm's, where the swarm's are first filtered to those with
-non-zero advantage and then drawn uniformly. So with the default ``num_generated_groups = 0`` (read as
+question) every configuration "I local / J external" has each agent generate the same batch and train on
+I + J rollouts per round; what changes is only how the training batch is drawn: I from the agent's own
+rollouts and J from the swarm's, where the swarm's are first filtered to those with non-zero advantage and
+then drawn uniformly (our reading of the paper's set-up; Gensyn's public rl-swarm code draws peers' groups
+uniformly, with no advantage filter in its sampler). So with the default ``num_generated_groups = 0`` (read as
 ``num_local_groups + num_shared_groups``) a node generates and shares as many groups as it trains on, in
 every configuration: 8 local / 0 shared and 4 / 4 generate, share and train on the same numbers. Setting
 ``num_generated_groups = num_local_groups`` gives the split of ours that this module used first (a node
