@@ -216,11 +216,10 @@ READING = """
   warm-start at pass@1 0.02-0.10, 75-90% of a node's own groups tie at reward 0; 4 / 4 trains on about 4.6
   informative groups a step against 8 / 0's 1.2, yet the batch reward stays flat over 60-120 rounds in both
   legs (first to last tenth of the rounds within about 0.01 at `warm05_g4`, `warm05_t07`, `warm05_r120`,
-  `warm05_lr6e4_r100`;
-  the first cells predate that column), so the extra signal has nothing to compound: gains of the medians +0.3% to
-  +7.1%, median per-seed gains -0.2% to +4.1% (`warm02`, `warm05`, `warm05_g4`, `warm05_t07`, `warm05_r120`,
-  `warm10`).
-  A higher learning rate (6e-4, 1e-3) makes GRPO unstable here and sharing worse (-9.5%, -17.9%).
+  `warm05_lr6e4_r100`; the first cells predate that column), so the extra signal has nothing to compound:
+  gains of the medians +0.3% to +7.1%, median per-seed gains -0.2% to +4.1% (`warm02`, `warm05`,
+  `warm05_g4`, `warm05_t07`, `warm05_r120`, `warm10`). A higher learning rate (6e-4, 1e-3) makes GRPO
+  unstable here and sharing worse (-9.5%, -17.9%).
 - **Unequal nodes** (`mixed2_warm05`: 2 nodes warm-started to 0.25, 6 to 0.05) give +1.7%: the weak nodes
   see the strong ones' correct answers but, at this learning rate and length, hardly move.
 - SAPO's reported +94% came from 0.5B-parameter models on a mix of nine ReasoningGym task families, where
