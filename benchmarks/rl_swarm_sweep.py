@@ -211,7 +211,9 @@ READING = """
   0.22): -6.2% at 60 rounds, -8.3% at 150, with lower held-out pass@1. Every node starts from the same
   weights and solves the same task, so a peer's group says nothing a node's own would not, while it replaces
   half of the node's on-policy groups with groups another policy sampled (trained at importance ratio 1,
-  biased). The split of ours (`ours_split`, a 4 / 4 node samples only 4 groups) is no better (-4.5%).
+  biased). The split of ours (`ours_split`, a 4 / 4 node samples only 4 groups) is no better (-4.5%). At lr
+  1e-3 (`warm25_lr1e3`) GRPO degrades in both legs (batch reward 0.14 -> 0.13 at 8 / 0, 0.14 -> 0.10 at
+  4 / 4, seed 0) and sharing costs more (-7.3%; -10 / -16 / -7% per seed).
 - **Where most own groups tie (sparse reward), GRPO barely learns at all**, with or without sharing. From a
   warm-start at pass@1 0.02-0.10, 75-90% of a node's own groups tie at reward 0; 4 / 4 trains on about 4.6
   informative groups a step against 8 / 0's 1.2, yet the batch reward stays flat over 60-120 rounds in both
