@@ -54,7 +54,8 @@ def test_tiny_swarm_writes_its_run_directory(
     captured = capsys.readouterr()
     assert "2/2" in captured.err  # the progress bar went through both rounds
     summary = json.loads((out / "summary.json").read_text())
-    # Each honest node gets one garbage message per round from node2: 2 x 2 rejected, and both ban node2.
+    # node2 shares its whole batch (I + J = 2 groups, SAPO's equal compute) as garbage: each honest node
+    # rejects 2 messages in round 0 and bans node2 (max_strikes 2); round 1's are ignored unread.
     assert (summary["num_honest"], summary["num_malicious"]) == (2, 1)
     assert (summary["rejected_total"], summary["banned_total"]) == (4, 2)
     assert [row["banned"] for row in summary["nodes"][:2]] == [["node2"], ["node2"]]
@@ -67,7 +68,7 @@ def test_tiny_swarm_writes_its_run_directory(
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["warm_start", "round", "round"]
     assert [(r["round"], r["num_trained"], r["rejected"], r["banned"]) for r in records[1:]] == [
-        (0, 2, 2, 0),
+        (0, 2, 4, 2),
         (1, 2, 4, 2),
     ]
     assert "[swarm.loss]" in (out / "config.toml").read_text()

@@ -21,6 +21,9 @@ def test_bench_rl_swarm_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert "Sharing: 4 local / 4 shared" in markdown and "With the defence" in markdown
     rows = {row["leg"]: row for row in result["rows"]}
     assert rows["local"]["bytes_total"] == 0 < rows["swarm"]["bytes_total"]
+    # The sharing legs have their own warm-start when their settings differ from the attack legs'.
+    assert [w["legs"] for w in result["warm_starts"]] == ["attack", "sharing"]
+    assert rows["local"]["warm_pass"] == rows["swarm"]["warm_pass"] == 0.05 != rows["poisoned"]["warm_pass"]
     assert rows["defended"]["checked"] > 0 and rows["poisoned"]["dropped_total"] == 0
 
 

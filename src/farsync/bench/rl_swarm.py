@@ -8,11 +8,19 @@ round, and 8 groups of 8 completions trained on per step.
 Two plans share the warm-start. The **sharing plan** (the plan's own ``lr`` and ``num_rounds``) runs
 
 * ``local``: 8 local / 0 shared groups (no exchange);
-* ``swarm``: 4 local / 4 shared (SAPO), at equal training compute (the same groups per step; each node
-  samples half as many itself).
+* ``swarm``: 4 local / 4 shared (SAPO), at equal compute as the paper defines it (Gensyn 2025, "Sharing is
+  Caring", arXiv 2509.08721, controlled experiment: every configuration "I local / J external" generates
+  the same rollouts per agent and trains on I + J; the J are drawn uniformly from the swarm's rollouts with
+  non-zero advantage): each node samples and shares its 8 groups, and trains on 4 of them drawn at random
+  plus 4 untied groups drawn from its peers' (:mod:`farsync.rl.swarm_node`).
+
+The sharing legs run on the plan's ``sharing`` settings on top (their own warm-start, chosen by the sweep in
+``benchmarks/rl_swarm_sweep.py``, see ``benchmarks/results/rl_swarm_sweep.md``).
 
 The **attack plan** (the plan's ``attack`` settings on top: lr 4e-4 and 100 rounds where the sharing plan has
-lr 3e-4) runs the attack legs, 3 of the 8 nodes malicious (a minority, as in the paper's threat model):
+lr 3e-4, and ``num_generated_groups = 4``: each node samples, shares and trains on its 4 own groups plus 4
+shared ones, our split of :mod:`farsync.rl.swarm_node`, the setting the attack sweep and the committed attack
+figures were measured at, before the sharing legs moved to SAPO's equal compute) runs the attack legs, 3 of the 8 nodes malicious (a minority, as in the paper's threat model):
 
 * ``clean``: 4 / 4 with no attack (the attack legs' reference);
 * ``poisoned_paper``: the paper's out-of-context attack (:func:`~farsync.rl.poison.out_of_context`: the
@@ -100,10 +108,15 @@ FULL: dict[str, Any] = {
     "group_size": 8,
     "max_sft_steps": 2000,
     "lr": 3e-4,
-    "attack": {"lr": 4e-4, "num_rounds": 100},
+    "attack": {"lr": 4e-4, "num_rounds": 100, "num_generated_groups": 4},
     "legs": list(LEGS),
     "model": {"num_layers": 2, "width": 64, "num_heads": 4, "context_length": 16},
+    "sharing": {"warm_pass": 0.05},
 }
+"""``sharing``: the sharing legs' settings on top of the plan's. A warm-start at validation pass@1 0.05 leaves
+most of a node's own groups tied at reward 0 (75-85% of them), the regime where SAPO's filtered shared
+groups should carry the signal; it gave the best gain of the medians in the sweep
+(benchmarks/results/rl_swarm_sweep.md), though within the seeds' spread there."""
 QUICK: dict[str, Any] = {
     **FULL,
     "num_rounds": 60,
@@ -118,10 +131,11 @@ SMOKE: dict[str, Any] = {
     "num_heldout": 8,
     "num_validation": 8,
     "group_size": 4,
-    "attack": {"lr": 4e-4, "num_rounds": 1},
+    "attack": {"lr": 4e-4, "num_rounds": 1, "num_generated_groups": 4},
     "legs": list(LEGS),
     "max_sft_steps": 25,
     "model": {"num_layers": 1, "width": 16, "num_heads": 2, "context_length": 16},
+    "sharing": {"warm_pass": 0.05},  # smoke size, its own warm-start (the path the sharing legs take)
 }
 
 
@@ -138,6 +152,14 @@ def _warm_start(plan: dict[str, Any], seed: int) -> tuple[dict[str, torch.Tensor
     info = {"seed": seed, "sft_steps": trainer.num_steps, "validation_pass": reached, "heldout_pass": heldout}
     info["num_params"] = sum(p.numel() for p in model.parameters())
     return copy.deepcopy(model.state_dict()), info
+
+
+def _sharing_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan of the sharing legs: the plan with its ``sharing`` settings on top."""
+    return {**plan, **plan.get("sharing", {})}
+
+
+_WARM_KEYS = ("warm_pass", "max_sft_steps", "num_heldout", "num_validation", "model")
 
 
 def leg_settings(
@@ -190,6 +212,7 @@ def run_leg(
     row = {
         "leg": leg,
         "seed": seed,
+        "warm_pass": plan["warm_pass"],
         "cumulative_reward": summary["mean_cumulative_local_reward"],
         "pass_at_1": summary["mean_pass_at_1"],
         "answer_pass_at_1": summary["mean_answer_pass_at_1"],
@@ -269,6 +292,11 @@ def _markdown(result: dict[str, Any]) -> str:
         f"node from a shared warm-start; seeds {plan['seeds']}; host {result['host']}, shared with other jobs "
         f"(wall-clock figures are load-dependent). Command: `{result['command']}`.",
         "",
+        "Sharing legs (`local`, `swarm`): "
+        + (", ".join(f"{k} {v}" for k, v in plan.get("sharing", {}).items()) or "the same settings")
+        + " on top (chosen by the sweep, benchmarks/results/rl_swarm_sweep.md); at SAPO's equal compute every node"
+        " samples, shares and trains on 8 groups a step (4 / 4: 4 of its own drawn at random, 4 untied shared).",
+        "",
         f"Attack legs ({', '.join(leg for leg in plan['legs'] if leg in ATTACK_LEGS)}) run at the attack plan "
         f"{plan.get('attack', {})} on top (`clean` is their no-attack reference); malicious nodes: "
         f"{_malicious(plan)} of {plan['num_nodes']}.",
@@ -279,6 +307,7 @@ def _markdown(result: dict[str, Any]) -> str:
             result["warm_starts"],
             [
                 ("seed", "seed", ""),
+                ("legs", "legs", ""),
                 ("SFT steps", "sft_steps", ""),
                 ("validation pass@1", "validation_pass", ".3f"),
                 ("held-out pass@1", "heldout_pass", ".3f"),
@@ -355,11 +384,22 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     begin = time.perf_counter()
     warm_starts: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    sharing = _sharing_plan(plan)
+    own_warm_start = any(sharing[k] != plan[k] for k in _WARM_KEYS)
     for seed in plan["seeds"]:
         state, info = _warm_start(plan, seed)
-        warm_starts.append(info)
+        warm_starts.append({**info, "legs": "attack" if own_warm_start else "all"})
         print(f"[bench rl_swarm] warm-start seed {seed}: {info}", flush=True)
-        rows.extend(run_leg(plan, leg, seed, state) for leg in plan["legs"])
+        sharing_state = state
+        if own_warm_start and any(leg in SHARING_LEGS for leg in plan["legs"]):
+            sharing_state, sharing_info = _warm_start(sharing, seed)
+            warm_starts.append({**sharing_info, "legs": "sharing"})
+            print(f"[bench rl_swarm] sharing warm-start seed {seed}: {sharing_info}", flush=True)
+        for leg in plan["legs"]:
+            if leg in SHARING_LEGS:
+                rows.append(run_leg(sharing, leg, seed, sharing_state))
+            else:
+                rows.append(run_leg(plan, leg, seed, state))
     result = {
         "quick": quick,
         "command": "farsync bench rl_swarm" + (" --quick" if quick else ""),

@@ -2,8 +2,10 @@
 
 This module owns the swarm's membership, exchange and bookkeeping (a node's own step is
 :mod:`farsync.rl.swarm_node`). Swarm sAmpling Policy Optimization (Gensyn 2025, "Sharing is Caring",
-arXiv 2509.08721): every node trains its own policy (sizes may differ) on ``num_local_groups`` groups it
-sampled and ``num_shared_groups`` groups its peers shared as text.
+arXiv 2509.08721): every node samples and shares a batch of ``num_generated_groups`` groups (default
+``num_local_groups + num_shared_groups``, the paper's equal compute) and trains its own policy (sizes may
+differ) on ``num_local_groups`` of them drawn at random and ``num_shared_groups`` untied groups its peers
+shared as text (see :mod:`farsync.rl.swarm_node`).
 
 Rounds are synchronous: in round ``r`` the live nodes (``join_round <= r < leave_round``) sample and share,
 then each honest node receives what its live peers shared this round and takes one GRPO step. A node that
@@ -24,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +66,8 @@ class SwarmSettings:
     """SAPO's I: own groups per step."""
     num_shared_groups: int = 4
     """SAPO's J: peers' groups per step (0: no sharing; nothing is sent)."""
+    num_generated_groups: int = 0
+    """Groups each node samples and shares per round; 0: I + J (SAPO's equal compute); I: ours, unequal."""
     group_size: int = 8
     """Completions per prompt."""
     max_new_tokens: int = 8
@@ -116,6 +120,11 @@ class SwarmSettings:
             (self.num_local_groups >= 1, "num_local_groups", "must be >= 1"),
             (self.num_shared_groups >= 0, "num_shared_groups", "must be >= 0"),
             (
+                self.num_generated_groups == 0 or self.num_generated_groups >= self.num_local_groups,
+                "num_generated_groups",
+                "must be 0 (I + J) or >= num_local_groups",
+            ),
+            (
                 2 <= self.group_size <= self.limits.max_group_size,
                 "group_size",
                 "must be in [2, limits.max_group_size]",
@@ -156,7 +165,15 @@ def _channels(
     return channels
 
 
-def _build_nodes(settings: SwarmSettings, initial_state: dict[str, torch.Tensor] | None) -> list[SwarmNode]:
+def _build_nodes(
+    settings: SwarmSettings,
+    initial_state: dict[str, torch.Tensor] | None,
+    node_states: Sequence[dict[str, torch.Tensor] | None] = (),
+) -> list[SwarmNode]:
+    if node_states and len(node_states) != settings.num_nodes:
+        raise ValueError(
+            f"node_states has {len(node_states)} states: needs one per node ({settings.num_nodes}) or none"
+        )
     task = make_task(settings.task, seed=settings.task_seed, num_heldout=settings.num_heldout)
     reward = answer_reward(task.reward, settings.commentary_separator)
     num_malicious = round(settings.malicious_fraction * settings.num_nodes)
@@ -176,6 +193,7 @@ def _build_nodes(settings: SwarmSettings, initial_state: dict[str, torch.Tensor]
             model_shape=shape,
             num_local_groups=settings.num_local_groups,
             num_shared_groups=settings.num_shared_groups,
+            num_generated_groups=settings.num_generated_groups,
             group_size=settings.group_size,
             max_new_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
@@ -187,6 +205,8 @@ def _build_nodes(settings: SwarmSettings, initial_state: dict[str, torch.Tensor]
         own_shape = shape != {**settings.model_shape, **vocab}
         torch.manual_seed(settings.seed * 1000 + index)  # the weights of a node without an initial state
         state = None if own_shape else initial_state
+        if node_states and node_states[index] is not None:
+            state = node_states[index]
         defences = build_defences(
             settings.defences, task=settings.task, min_logprob=settings.min_logprob, judge=settings.judge
         )
@@ -276,17 +296,19 @@ def run_swarm(
     settings: SwarmSettings,
     *,
     initial_state: dict[str, torch.Tensor] | None = None,
+    node_states: Sequence[dict[str, torch.Tensor] | None] = (),
     run_dir: Path | None = None,
     on_round: Callable[[int, list[SwarmNode]], None] | None = None,
 ) -> dict[str, Any]:
     """Runs the swarm for ``settings.num_rounds`` rounds; returns its summary (per node: held-out pass@1,
     the trigger rate of its greedy outputs, cumulative local reward, what it rejected and its defences
     dropped, bytes shared and received). ``initial_state`` is every node's starting policy (nodes of another
-    shape, or all nodes when it is ``None``, start from fresh weights). ``on_round(round_index, nodes)`` is
-    called after every round (the CLI's progress and metrics.jsonl)."""
+    shape, or all nodes when it is ``None``, start from fresh weights); ``node_states`` (one per node, ``None``
+    for "as ``initial_state``") gives nodes their own starting policies (a swarm of unequal nodes).
+    ``on_round(round_index, nodes)`` is called after every round (the CLI's progress and metrics.jsonl)."""
     settings.validate()
     begin = time.perf_counter()
-    nodes = _build_nodes(settings, initial_state)
+    nodes = _build_nodes(settings, initial_state, node_states)
     ids = [n.node_id for n in nodes]
     channels = _channels(settings, ids, run_dir)
     ledgers = {node_id: ByteLedger(rank=i) for i, node_id in enumerate(ids)}
@@ -300,6 +322,7 @@ def run_swarm(
         row["num_params"] = sum(p.numel() for p in node.model.parameters())
         row["rounds_trained"] = len(node.counters.local_rewards)
         row.update(node.counters.as_dict())
+        row["reward_by_round"] = list(node.counters.local_rewards)
         row["defences"] = node.defence_log.as_dict()
         row["ledger"] = ledgers[node.node_id].to_dict()
         row["bytes_shared"] = sum(
@@ -319,6 +342,10 @@ def run_swarm(
         "trigger_rate",
         "sampled_trigger_rate_last5",
         "cumulative_local_reward",
+        "tied_local",
+        "local_used",
+        "tied_shared",
+        "shared_used",
     )
     for key in keys:
         values = [float(r[key]) for r in honest]

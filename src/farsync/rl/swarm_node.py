@@ -3,17 +3,32 @@
 This module owns a node's step of Swarm sAmpling Policy Optimization (Gensyn 2025, "Sharing is Caring",
 arXiv 2509.08721). Each round a :class:`SwarmNode`
 
-1. samples ``num_local_groups`` groups of its own (prompt, ``group_size`` completions) with its own policy
-   and scores them with the swarm's reward;
-2. shares each group as decoded text with its claimed rewards (:mod:`farsync.rl.swarm_messages`), or, if it
-   is malicious, what its attack (:mod:`farsync.rl.poison`) makes of it;
+1. samples its batch of ``num_generated_groups`` groups (prompt, ``group_size`` completions) with its own
+   policy and scores them with the swarm's reward (the node's reward this round is the mean over the whole
+   batch: SAPO's cumulative reward sums it over rounds);
+2. shares every group of its batch as decoded text with its claimed rewards
+   (:mod:`farsync.rl.swarm_messages`), or, if it is malicious, what its attack (:mod:`farsync.rl.poison`)
+   makes of it;
 3. receives its peers' groups: parses each message strictly (a bad one is counted and logged, and a sender
    with ``max_strikes`` bad messages is banned), checks the prompt is the named problem's, re-tokenizes the
    text with its own tokenizer, recomputes the rewards and runs its defences (:mod:`farsync.rl.defences`);
-   groups whose rewards tie are dropped (no signal), and ``num_shared_groups`` of the rest are drawn at
-   random;
-4. takes one GRPO step (:class:`farsync.rl.trainer.GRPOTrainer`, part 1's losses) on its local and shared
-   groups together.
+   groups whose rewards tie are dropped (zero advantage: no signal), and ``num_shared_groups`` (SAPO's J)
+   of the rest are drawn uniformly at random;
+4. draws ``num_local_groups`` (SAPO's I) of its own batch uniformly at random and takes one GRPO step
+   (:class:`farsync.rl.trainer.GRPOTrainer`, part 1's losses) on them and the shared groups together (its
+   own tied groups carry zero advantage and are left out of the step).
+
+**Equal compute, as the paper defines it.** In SAPO's controlled experiment (8 agents, 8 completions per
+question) every configuration "I local / J external" has each agent generate the same batch and train on
+I + J rollouts per round; what changes is only how the training batch is drawn: I from the agent's own
+rollouts and J from the swarm's, where the swarm's are first filtered to those with non-zero advantage and
+then drawn uniformly (our reading of the paper's set-up; Gensyn's public rl-swarm code draws peers' groups
+uniformly, with no advantage filter in its sampler). So with the default ``num_generated_groups = 0`` (read as
+``num_local_groups + num_shared_groups``) a node generates and shares as many groups as it trains on, in
+every configuration: 8 local / 0 shared and 4 / 4 generate, share and train on the same numbers. Setting
+``num_generated_groups = num_local_groups`` gives the split of ours that this module used first (a node
+generates only the I groups it trains on, so a 4 / 4 node samples half as many completions as an 8 / 0 one
+and trains on all of them).
 
 **Importance ratio of shared rollouts.** A shared completion was sampled by another policy and its sampling
 log-probabilities are neither sent nor meaningful to the receiver (another model, maybe another tokenizer).
@@ -85,9 +100,12 @@ class NodeSettings:
     model_shape: dict[str, Any]
     """Keyword arguments of :func:`farsync.rl.policy.build_policy` (nodes may differ)."""
     num_local_groups: int
-    """Groups sampled and trained on per round (SAPO's I)."""
+    """Own groups trained on per round (SAPO's I), drawn from the node's batch."""
     num_shared_groups: int
     """Peers' groups trained on per round (SAPO's J)."""
+    num_generated_groups: int = 0
+    """Groups sampled, scored and shared per round (the node's batch); 0: ``num_local_groups +
+    num_shared_groups`` (SAPO's equal compute)."""
     group_size: int
     """Completions per prompt (the swarm agrees on it; other sizes are rejected)."""
     max_new_tokens: int
@@ -118,9 +136,12 @@ class NodeCounters:
     ignored_from_banned: int = 0
     tied_shared: int = 0
     tied_local: int = 0
+    """Own groups drawn for training whose rewards tie (left out of the step)."""
+    local_used: int = 0
+    """Own groups trained on (drawn and untied)."""
     shared_used: int = 0
     local_rewards: list[float] = field(default_factory=list)
-    """Mean reward of the node's own samples, per round trained."""
+    """Mean reward of the node's whole batch of own samples, per round trained."""
     local_trigger: list[float] = field(default_factory=list)
     """Fraction of the node's own samples holding the swarm's trigger text, per round (when one is set)."""
 
@@ -133,6 +154,7 @@ class NodeCounters:
             "ignored_from_banned": self.ignored_from_banned,
             "tied_shared": self.tied_shared,
             "tied_local": self.tied_local,
+            "local_used": self.local_used,
             "shared_used": self.shared_used,
             "cumulative_local_reward": sum(self.local_rewards),
             "sampled_trigger_rate_last5": sum(self.local_trigger[-5:]) / max(len(self.local_trigger[-5:]), 1),
@@ -172,11 +194,17 @@ class SwarmNode:
     def node_id(self) -> str:
         return self.settings.node_id
 
+    @property
+    def batch_groups(self) -> int:
+        """Groups this node samples and shares per round (``num_generated_groups``, 0 read as I + J)."""
+        s = self.settings
+        return s.num_generated_groups or s.num_local_groups + s.num_shared_groups
+
     def sample_local(self) -> list[tuple[Problem, ScoredGroup]]:
-        """This round's own groups, scored with the swarm's reward."""
+        """This round's batch of own groups, scored with the swarm's reward."""
         s, groups = self.settings, []
         self.model.eval()
-        for _ in range(s.num_local_groups):
+        for _ in range(self.batch_groups):
             problem = self.task.train_problem(s.node_index + s.num_nodes * self._problems)
             self._problems += 1
             prompt_ids = self.tokenizer.encode(problem.prompt)
@@ -312,18 +340,27 @@ class SwarmNode:
             rollouts.append(self._rollout(group.shared.task_id, group.prompt_ids, ids, own))
         return ScoredGroup(rollouts, rewards)
 
+    def choose_local(self, local: list[tuple[Problem, ScoredGroup]]) -> list[ScoredGroup]:
+        """``num_local_groups`` of the node's batch drawn uniformly at random (all of it, in order, when the
+        batch is no larger)."""
+        if len(local) <= self.settings.num_local_groups:
+            return [group for _, group in local]
+        chosen = sorted(self.rng.sample(range(len(local)), self.settings.num_local_groups))
+        return [local[index][1] for index in chosen]
+
     def train(self, local: list[tuple[Problem, ScoredGroup]], shared: list[ScoredGroup]) -> StepReport | None:
-        """One GRPO step on the untied local groups and the chosen shared ones."""
+        """Records the batch's mean reward, then one GRPO step on the untied ones of ``num_local_groups``
+        own groups drawn from ``local`` and on the chosen shared ones."""
+        rewards = [r for _, g in local for r in g.rewards]
+        self.counters.local_rewards.append(sum(rewards) / max(len(rewards), 1))
         groups = []
-        for _, group in local:
+        for group in self.choose_local(local):
             if len(set(group.rewards)) == 1:
                 self.counters.tied_local += 1
             else:
                 groups.append(group)
-        rewards = [r for _, g in local for r in g.rewards]
-        self.counters.local_rewards.append(sum(rewards) / max(len(rewards), 1))
-        report = self.trainer.step(groups + shared)
-        return report
+        self.counters.local_used += len(groups)
+        return self.trainer.step(groups + shared)
 
 
 @torch.no_grad()
