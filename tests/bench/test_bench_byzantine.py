@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from bench_helpers import finite, smoke_size, written
 
-from farsync.bench import run_benchmark
+from farsync.bench import byzantine, run_benchmark
 from farsync.bench.byzantine import CACHE_ENV
 from farsync.bench.byzantine_report import area, choose, curves, targets
+from farsync.bench.byzantine_sync import SYNC_LR
 from farsync.config import load_config
 
 
@@ -118,3 +119,23 @@ def test_targets_read_the_best_defence_of_each_regime() -> None:
         "sync: worst case within 3 points of clean at f <= 5 of 16"
     ]["met"]
     assert not targets(tables, verification, rows, 2.5 * 3600 + 1)["whole benchmark <= 2.5 h of runs"]["met"]
+
+
+def test_synchronous_runs_use_the_regimes_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: record what the grid asks of the simulation instead of training.
+    calls: list[dict[str, object]] = []
+
+    def fake(config: object, regime: str, **kwargs: object) -> dict[str, object]:
+        calls.append({"regime": regime, **kwargs})
+        return {"final_eval_accuracy": 0.5, "final_eval_loss": 1.0, "seconds": 0.0}
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(byzantine, "run_simulated", fake)
+    cache = byzantine._Cache()
+    # Execute
+    for regime in ("sync", "diloco"):
+        byzantine._one(cache, byzantine._Run(regime=regime, defence="mean", attack="none", f=0, num_steps=2))
+    # Assert: the synchronous regime is SGD at SYNC_LR with the cosine schedule, no server momentum.
+    assert byzantine.SYNC_SCHEDULE == "cosine"
+    assert calls[0] == {"regime": "sync", "lr": SYNC_LR, "server_momentum": 0.0, "schedule": "cosine"}
+    assert calls[1]["regime"] == "diloco"
