@@ -79,6 +79,12 @@ def variants(stage: int) -> list[dict[str, Any]]:
         for batch in (32, 64):
             sync(batch, 0.9, 0.1, 200, "centered_clip (neighbors radius) + nnm", sched="cosine")
             sync(batch, 0.9, 0.2, 200, "centered_clip (neighbors radius) + nnm", sched="cosine")
+    if stage == 5:  # CenteredClip from the previous aggregate (no NNM): radius and iterations
+        history = "centered_clip (history)"
+        sync(32, 0.9, 0.1, 200, history, sched="cosine")
+        for tau in ("0.5", "0.25"):
+            sync(32, 0.9, 0.1, 200, history, [f"aggregation.tau={tau}"], sched="cosine")
+        sync(32, 0.9, 0.1, 200, history, ["aggregation.num_iters=10"], sched="cosine")
     del cc
     return out
 

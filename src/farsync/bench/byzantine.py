@@ -27,7 +27,7 @@ between 0 and 7/16 (trapezoids). The recommended defence (``aggregation.rule = "
 the shard owners per round, measured on threaded runs through the real reducers.
 
 Cost: a synchronous run of :data:`STEPS` steps is a few CPU seconds, a DiLoCo run two or three; the full
-grid is 8 defences x (1 + 12 attacks x 4 fractions) = 392 runs per regime plus the comparisons (52 runs)
+grid is 9 defences x (1 + 12 attacks x 4 fractions) = 441 runs per regime plus the comparisons (52 runs)
 and two threaded verification runs, about an hour of CPU on one core (estimated from the committed runs); ``--quick`` is 30 runs of 30
 steps and two short threaded runs, a minute or two.
 ``grid`` (see :class:`Grid`) runs part of it. Finished runs are cached by their settings
@@ -120,14 +120,16 @@ DEFENCES: dict[str, list[str]] = {
     "krum + nnm": ["aggregation.rule=krum", _NNM],
     "centered_clip (neighbors radius) + nnm": [_CC, _NEIGHBORS, _NNM],
     "centered_clip (history)": _HISTORY,
+    "centered_clip (history, tau 0.5)": [*_HISTORY, "aggregation.tau=0.5"],
     "centered_clip (history) + nnm": [*_HISTORY, _NNM],
     "centered_clip (history) + bucketing": [
         *_HISTORY, "aggregation.preaggregation=bucketing", "aggregation.bucket_size=2"
     ],
 }  # fmt: skip
 """Every defence: label -> ``aggregation.*`` settings. ``(history)``: CenteredClip started from the
-previous aggregate with 3 iterations (Karimireddy et al. 2021), the radius tau = 1 times the distance to
-the (n - f)-th nearest update; ``f`` is left at -1 (as many as the rule allows) whatever the attackers'
+previous aggregate with 3 iterations (Karimireddy et al. 2021), the radius tau = 1 (or 0.5, the better
+radius of the sweep in benchmarks/results/byzantine_sweep.md) times the distance to the (n - f)-th nearest
+update; ``f`` is left at -1 (as many as the rule allows) whatever the attackers'
 number, as a user who does not know it would."""
 
 REGIMES = ("sync", "diloco")

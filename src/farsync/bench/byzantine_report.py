@@ -145,9 +145,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Byzantine robustness: breakdown curves (MLP on MNIST 5k, {meta['num_workers']} workers)",
         "",
         "Command: `farsync bench byzantine" + (" --quick" if meta["quick"] else "") + "`"
-        + ("" if meta.get("full_grid", True) else " on a reduced grid (`farsync.bench.byzantine.run(out, False, "
-           "committed_grid())`: the defences, attacks and steps below; the full grid has 8 defences, 12 attacks and 200 / 100 "
-           "steps)") + f" (simulated in one process, see `farsync.bench.byzantine_sim`); seed 0; "
+        + ("" if meta.get("full_grid", True) else " on part of the full grid (`farsync.bench.byzantine.run(out, False, "
+           "committed_grid())`: the defences, attacks, fractions and steps below; the full grid has 9 defences, 12 attacks, "
+           "f = 1, 3, 5, 7 and 200 / 100 steps, and its comparisons every attack)")
+        + f" (simulated in one process, see `farsync.bench.byzantine_sim`); seed 0; "
         f"{meta['num_runs']} runs, {meta['cpu_seconds']:.0f} CPU seconds. Attacks: "
         + ", ".join(f"`{a}`" for a in meta["attacks"]) + ".",
         "",
