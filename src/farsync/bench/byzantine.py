@@ -153,8 +153,9 @@ COMPARISONS: dict[str, tuple[str, list[str], float]] = {
     ),
 }  # fmt: skip
 """Label -> (regime, settings added to it, momentum of the synchronous step on the aggregate)."""
-COMPARED = ("centered_clip (neighbors radius) + nnm", "centered_clip (history) + nnm")
-"""The defences the comparisons run: the preset before issue 19 and CenteredClip with history."""
+COMPARED = ("centered_clip (neighbors radius) + nnm", "centered_clip (history, tau 0.5)")
+"""The defences the comparisons run: the preset before issue 19 and CenteredClip with history (the
+radius of the sweep, benchmarks/results/byzantine_sweep.md)."""
 
 VERIFY_FRACTION = 0.25
 """Share of the owners verified per round in the verification-cost rows."""
@@ -187,21 +188,24 @@ def quick_grid() -> Grid:
     )
 
 
+COMMITTED_DEFENCES = [
+    "mean",
+    "centered_clip (neighbors radius) + nnm",
+    "centered_clip (history)",
+    "centered_clip (history, tau 0.5)",
+]
+"""The defences of the committed results, in the order they were run (the grid was cut at the deadline of
+a shared 2-core machine; benchmarks/results/byzantine.md)."""
+COMMITTED_COMPARISON_ATTACKS = ["alie", "min_sum", "ipm_0.5", "ipm_0.1"]
+
+
 def committed_grid() -> Grid:
-    """The reduced grid of the committed results (benchmarks/results/byzantine.md): 4 defences, 6 attacks,
-    100 synchronous and 60 DiLoCo steps, the comparisons on 2 attacks; what fitted an hour on a shared
-    2-core machine. ``run(out_dir, False, committed_grid())`` reproduces it."""
-    defences = [
-        "mean",
-        "median + nnm",
-        "centered_clip (neighbors radius) + nnm",
-        "centered_clip (history) + nnm",
-    ]
+    """The grid of the committed results (benchmarks/results/byzantine.md): :data:`COMMITTED_DEFENCES`
+    against every attack at every fraction, the full grid's steps, the comparisons on
+    :data:`COMMITTED_COMPARISON_ATTACKS`. ``run(out_dir, False, committed_grid())`` reproduces it."""
     return Grid(
-        defences={regime: defences for regime in REGIMES},
-        attacks=["sign_flip", "gaussian", "alie", "ipm_0.5", "mimic", "min_sum"],
-        steps={"sync": 100, "diloco": 60},
-        comparison_attacks=["alie", "mimic"],
+        defences={regime: list(COMMITTED_DEFENCES) for regime in REGIMES},
+        comparison_attacks=list(COMMITTED_COMPARISON_ATTACKS),
     )
 
 

@@ -120,7 +120,7 @@ def _comparison_lines(result: dict[str, Any]) -> list[str]:
         return []
     f = max(result["meta"]["fractions"])
     lines = [f"## Does worker momentum matter? (f = {f})", "",
-             "| variant | defence | clean | worst | worst attack | same defence in the main regime |",
+             "| variant | defence | clean | worst | worst attack | same defence and attacks in the main regime |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     labels = sorted({r["label"] for r in comparisons})
     for label in labels:
@@ -131,9 +131,12 @@ def _comparison_lines(result: dict[str, Any]) -> list[str]:
             clean = next(r["final_eval_accuracy"] for r in mine if r["attack"] == "none")
             attacked = [r for r in mine if r["attack"] != "none"]
             worst = min(attacked, key=lambda r: r["final_eval_accuracy"])
-            main = result["tables"][regime][defence]["worst"][str(f)]
+            attacks = {r["attack"] for r in attacked}
+            same = [r["final_eval_accuracy"] for r in result["rows"]
+                    if (r["regime"], r["defence"], r["f"]) == (regime, defence, f) and r["attack"] in attacks]  # fmt: skip
+            main = f"{min(same):.3f}" if same else "not run"
             lines.append(f"| {label} | {defence} | {clean:.3f} | **{worst['final_eval_accuracy']:.3f}** | "
-                         f"{worst['attack']} | {main:.3f} |")  # fmt: skip
+                         f"{worst['attack']} | {main} |")  # fmt: skip
     return [*lines, ""]
 
 
