@@ -139,3 +139,14 @@ def test_synchronous_runs_use_the_regimes_schedule(tmp_path: Path, monkeypatch: 
     assert byzantine.SYNC_SCHEDULE == "cosine"
     assert calls[0] == {"regime": "sync", "lr": SYNC_LR, "server_momentum": 0.0, "schedule": "cosine"}
     assert calls[1]["regime"] == "diloco"
+
+
+def test_full_grid_estimate_scales_the_mean_cpu_per_run() -> None:
+    # Prepare: sync runs of 2 and 4 CPU s (mean 3), DiLoCo runs of 1 s.
+    rows = [{"regime": "sync", "cpu_seconds": 2.0}, {"regime": "sync", "cpu_seconds": 4.0},
+            {"regime": "diloco", "cpu_seconds": 1.0}]  # fmt: skip
+    cells = len(byzantine.DEFENCES) * (1 + len(byzantine.ATTACKS) * len(byzantine.FRACTIONS))
+    comparisons = len(byzantine.COMPARISONS) * len(byzantine.COMPARED) * (1 + len(byzantine.ATTACKS))
+    # Execute / Assert
+    expected = (cells * 3.0 + cells * 1.0 + comparisons * 3.0) / 3600
+    assert byzantine._full_grid_cpu_hours(rows) == pytest.approx(expected)

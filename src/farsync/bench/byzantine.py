@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from farsync.bench.byzantine_report import choose, curves, markdown, plot, targets
+from farsync.bench.byzantine_report import MAX_CPU_HOURS, choose, curves, markdown, plot, targets
 from farsync.bench.byzantine_sim import run_simulated
 from farsync.bench.byzantine_sync import SYNC_LR, run_sync
 from farsync.bench.common import smoke
@@ -193,6 +193,7 @@ COMMITTED_DEFENCES = [
     "centered_clip (neighbors radius) + nnm",
     "centered_clip (history)",
     "centered_clip (history, tau 0.5)",
+    "median + nnm",
 ]
 """The defences of the committed results, in the order they were run (the grid was cut at the deadline of
 a shared 2-core machine; benchmarks/results/byzantine.md)."""
@@ -377,6 +378,18 @@ def _verification_cost(cache: _Cache, chosen: str, quick: bool) -> dict[str, Any
     return cost
 
 
+def _full_grid_cpu_hours(rows: list[dict[str, Any]]) -> float:
+    """The full grid's CPU hours at the measured mean CPU seconds per run of each regime (its comparisons
+    at the synchronous mean)."""
+    cells = len(DEFENCES) * (1 + len(ATTACKS) * len(FRACTIONS))
+    per_run = {}
+    for regime in REGIMES:
+        seconds = [r.get("cpu_seconds", 0.0) for r in rows if r["regime"] == regime]
+        per_run[regime] = sum(seconds) / max(len(seconds), 1)
+    comparisons = len(COMPARISONS) * len(COMPARED) * (1 + len(ATTACKS))
+    return (sum(cells * s for s in per_run.values()) + comparisons * per_run["sync"]) / 3600
+
+
 def run(out_dir: Path, quick: bool, grid: Grid | None = None) -> dict[str, Any]:
     """Runs ``grid`` (``quick``: :func:`quick_grid`; default the full grid) and writes the tables and plot."""
     quick = quick or smoke()
@@ -413,6 +426,11 @@ def run(out_dir: Path, quick: bool, grid: Grid | None = None) -> dict[str, Any]:
     }  # fmt: skip
     meta["verification"] = _verification_cost(cache, chosen, quick)
     meta["targets"] = targets(tables, meta["verification"], rows, meta["cpu_seconds"])
+    if not meta["full_grid"]:  # judge the run-time target on the full grid, estimated from these runs
+        hours = _full_grid_cpu_hours(rows + comparison_rows)
+        entry = meta["targets"]["whole benchmark <= 2.5 h of runs"]
+        entry["value"]["full_grid_estimate_cpu_hours"] = round(hours, 3)
+        entry["met"] = hours <= MAX_CPU_HOURS
     result = {"meta": meta, "tables": tables, "comparisons": comparison_rows, "rows": rows}
     (out_dir / "byzantine.json").write_text(json.dumps(result, indent=1) + "\n")
     (out_dir / "byzantine.md").write_text(markdown(result))
