@@ -10,7 +10,8 @@ seconds instead of the threaded run's minute, which is what makes hundreds of ru
 
 - **sync**: every step each worker computes a gradient on a batch of 32 and sends its momentum
   (``aggregation.worker_momentum = 0.9``, Karimireddy et al. 2021, arXiv 2012.10333); the aggregate is
-  applied by plain SGD (lr 0.1, no momentum: the workers' momentum is the only one).
+  applied by plain SGD (peak lr 0.1, warm-up 20 steps then cosine decay to a tenth, :data:`SYNC_SCHEDULE`;
+  no momentum: the workers' momentum is the only one).
 - **diloco**: DiLoCo with H = 10 AdamW inner steps (lr 0.01, warm-up 10), outer Nesterov SGD (lr 0.7,
   momentum 0.9), batch 32; the workers send their pseudo-gradients.
 
@@ -28,7 +29,7 @@ the shard owners per round, measured on threaded runs through the real reducers.
 
 Cost: a synchronous run of :data:`STEPS` steps is a few CPU seconds, a DiLoCo run two or three; the full
 grid is 9 defences x (1 + 12 attacks x 4 fractions) = 441 runs per regime plus the comparisons (52 runs)
-and two threaded verification runs, about an hour of CPU on one core (estimated from the committed runs); ``--quick`` is 30 runs of 30
+and two threaded verification runs, about an hour of CPU on one core (0.97 h estimated from the committed runs' CPU per run); ``--quick`` is 30 runs of 30
 steps and two short threaded runs, a minute or two.
 ``grid`` (see :class:`Grid`) runs part of it. Finished runs are cached by their settings
 (``FARSYNC_BENCH_CACHE``, default a ``farsync-byzantine`` folder in the temporary directory), so an
