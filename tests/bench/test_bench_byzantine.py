@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bench_helpers import finite, smoke_size, written
@@ -78,7 +79,7 @@ def test_robust_preset_is_the_committed_benchmarks_choice() -> None:
 
 def test_targets_read_the_best_defence_of_each_regime() -> None:
     # Prepare: per regime, "good" has the larger area; clean reference 0.9.
-    def entry(defence: str, worst: dict[str, float], area_: float) -> dict[str, object]:
+    def entry(defence: str, worst: dict[str, float], area_: float) -> dict[str, Any]:
         return {"defence": defence, "clean_reference": 0.9, "worst": worst, "area": area_}
 
     sync_good = entry("good", {"1": 0.89, "3": 0.875, "5": 0.87, "7": 0.80}, 0.8)

@@ -386,9 +386,9 @@ def _full_grid_cpu_hours(rows: list[dict[str, Any]]) -> float:
     """The full grid's CPU hours at the measured mean CPU seconds per run of each regime (its comparisons
     at the synchronous mean)."""
     cells = len(DEFENCES) * (1 + len(ATTACKS) * len(FRACTIONS))
-    per_run = {}
+    per_run: dict[str, float] = {}
     for regime in REGIMES:
-        seconds = [r.get("cpu_seconds", 0.0) for r in rows if r["regime"] == regime]
+        seconds = [float(r.get("cpu_seconds", 0.0)) for r in rows if r["regime"] == regime]
         per_run[regime] = sum(seconds) / max(len(seconds), 1)
     comparisons = len(COMPARISONS) * len(COMPARED) * (1 + len(ATTACKS))
     return (sum(cells * s for s in per_run.values()) + comparisons * per_run["sync"]) / 3600
