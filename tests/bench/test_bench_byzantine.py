@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bench_helpers import finite, smoke_size, written
 
-from farsync.bench import run_benchmark
+from farsync.bench import byzantine, run_benchmark
 from farsync.bench.byzantine import CACHE_ENV
-from farsync.bench.byzantine_report import area, choose, curves
+from farsync.bench.byzantine_report import area, choose, curves, targets
+from farsync.bench.byzantine_sync import SYNC_LR
 from farsync.config import load_config
 
 
@@ -73,3 +75,79 @@ def test_robust_preset_is_the_committed_benchmarks_choice() -> None:
     preset = load_config(None, ["aggregation.rule=robust"]).aggregation.resolved()
     # Assert: aggregation.rule = "robust" selects exactly that defence
     assert preset == from_bench, (preset, chosen)
+
+
+def test_targets_read_the_best_defence_of_each_regime() -> None:
+    # Prepare: per regime, "good" has the larger area; clean reference 0.9.
+    def entry(defence: str, worst: dict[str, float], area_: float) -> dict[str, Any]:
+        return {"defence": defence, "clean_reference": 0.9, "worst": worst, "area": area_}
+
+    sync_good = entry("good", {"1": 0.89, "3": 0.875, "5": 0.87, "7": 0.80}, 0.8)
+    sync_bad = entry("bad", {"1": 0.9, "3": 0.9, "5": 0.9, "7": 0.9}, 0.1)  # smaller area: not read
+    tables = {
+        "sync": {"good": sync_good, "bad": sync_bad},
+        "diloco": {"good": entry("good", {"7": 0.869}, 0.8), "bad": entry("bad", {"7": 0.9}, 0.1)},
+    }
+    verification = {"sync": {"extra_fraction": 0.25}, "diloco": {"extra_fraction": 0.1}}
+    rows = [
+        {
+            "regime": "sync",
+            "defence": "mean",
+            "attack": "none",
+            "noise_to_signal_sent": {"start": 1.5, "end": 2.0},
+        }
+    ]
+    # Execute
+    found = targets(tables, verification, rows, cpu_seconds=2.5 * 3600)
+    # Assert: gaps -0.01 / -0.025 / -0.03 (met at the bound), 0.80 met at the bound, DiLoCo -0.031 missed,
+    # 25% met at the bound, 2.5 h met at the bound, noise 2.0 at the end missed (strictly below 2).
+    verdicts = {name: t["met"] for name, t in found.items()}
+    assert verdicts == {
+        "sync: worst case within 3 points of clean at f <= 5 of 16": True,
+        "sync: worst case >= 0.80 at 7 of 16": True,
+        "diloco: worst case within 3 points of clean at 7 of 16": False,
+        "verification bytes <= +25%": True,
+        "whole benchmark <= 2.5 h of runs": True,
+        "sync: honest noise-to-signal < 2 with worker momentum": False,
+    }
+    assert found["sync: worst case within 3 points of clean at f <= 5 of 16"]["value"]["gap_by_f"] == {
+        1: pytest.approx(-0.01),
+        3: pytest.approx(-0.025),
+        5: pytest.approx(-0.03),
+    }
+    sync_good["worst"]["5"] = 0.869  # one thousandth over the bound
+    assert not targets(tables, verification, rows, 0.0)[
+        "sync: worst case within 3 points of clean at f <= 5 of 16"
+    ]["met"]
+    assert not targets(tables, verification, rows, 2.5 * 3600 + 1)["whole benchmark <= 2.5 h of runs"]["met"]
+
+
+def test_synchronous_runs_use_the_regimes_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: record what the grid asks of the simulation instead of training.
+    calls: list[dict[str, object]] = []
+
+    def fake(config: object, regime: str, **kwargs: object) -> dict[str, object]:
+        calls.append({"regime": regime, **kwargs})
+        return {"final_eval_accuracy": 0.5, "final_eval_loss": 1.0, "seconds": 0.0}
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(byzantine, "run_simulated", fake)
+    cache = byzantine._Cache()
+    # Execute
+    for regime in ("sync", "diloco"):
+        byzantine._one(cache, byzantine._Run(regime=regime, defence="mean", attack="none", f=0, num_steps=2))
+    # Assert: the synchronous regime is SGD at SYNC_LR with the cosine schedule, no server momentum.
+    assert byzantine.SYNC_SCHEDULE == "cosine"
+    assert calls[0] == {"regime": "sync", "lr": SYNC_LR, "server_momentum": 0.0, "schedule": "cosine"}
+    assert calls[1]["regime"] == "diloco"
+
+
+def test_full_grid_estimate_scales_the_mean_cpu_per_run() -> None:
+    # Prepare: sync runs of 2 and 4 CPU s (mean 3), DiLoCo runs of 1 s.
+    rows = [{"regime": "sync", "cpu_seconds": 2.0}, {"regime": "sync", "cpu_seconds": 4.0},
+            {"regime": "diloco", "cpu_seconds": 1.0}]  # fmt: skip
+    cells = len(byzantine.DEFENCES) * (1 + len(byzantine.ATTACKS) * len(byzantine.FRACTIONS))
+    comparisons = len(byzantine.COMPARISONS) * len(byzantine.COMPARED) * (1 + len(byzantine.ATTACKS))
+    # Execute / Assert
+    expected = (cells * 3.0 + cells * 1.0 + comparisons * 3.0) / 3600
+    assert byzantine._full_grid_cpu_hours(rows) == pytest.approx(expected)

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from farsync.bench.byzantine import DATASET
-from farsync.bench.byzantine_sim import SimulatedAggregation, _gradients, _tasks, noise_to_signal
+from farsync.bench.byzantine_sim import (
+    SimulatedAggregation,
+    _gradients,
+    _tasks,
+    noise_to_signal,
+    run_simulated,
+)
 from farsync.comm.communicator import Communicator
 from farsync.config import load_config
 from farsync.reducers.robust import build_robust_reducer
@@ -78,3 +84,33 @@ def test_batched_gradients_equal_each_workers_own() -> None:
         x, y = next(twin.batches)
         grads = torch.autograd.grad(twin.loss(model, x, y), list(model.parameters()))
         torch.testing.assert_close(batched[rank], torch.cat([g.reshape(-1) for g in grads]))
+
+
+def _small_sync(steps: int, warmup: int) -> Any:
+    return load_config(None, [
+        f"num_workers={WORLD}", "model.kind=mlp", "model.width=16", "data.kind=npz", f"data.path={DATASET}",
+        "train.batch_size=8", f"train.num_steps={steps}", f"train.warmup_steps={warmup}",
+        "train.min_lr_ratio=0.0", "algorithm.name=ddp", "aggregation.worker_momentum=0.9",
+    ])  # fmt: skip
+
+
+def test_cosine_schedule_sets_each_steps_learning_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: record the rate of every SGD step of the synchronous regime.
+    rates: list[float] = []
+    step = torch.optim.SGD.step
+
+    def recording(self: torch.optim.SGD, *args: Any, **kwargs: Any) -> Any:
+        rates.append(float(self.param_groups[0]["lr"]))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording)
+    # Execute: 4 steps, warm-up 1, cosine to 0 at step 4; then a constant rate.
+    run_simulated(_small_sync(4, 1), "sync", lr=0.1, schedule="cosine")
+    cosine = list(rates)
+    rates.clear()
+    run_simulated(_small_sync(4, 1), "sync", lr=0.1)
+    # Assert: warm-up factor (0 + 1) / 1, then 0.5 (1 + cos(pi k / 3)) for k = 0, 1, 2.
+    assert cosine == pytest.approx([0.1, 0.1, 0.075, 0.025])
+    assert rates == pytest.approx([0.1] * 4)
+    with pytest.raises(ValueError, match="schedule must be"):
+        run_simulated(_small_sync(1, 0), "sync", schedule="linear")

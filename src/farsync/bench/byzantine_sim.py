@@ -233,11 +233,15 @@ def _set_flat(params: list[nn.Parameter], flat: torch.Tensor, attribute: str) ->
         offset += count
 
 
-def _run_sync(config: RunConfig, lr: float, server_momentum: float, noise: list[tuple[float, float]]) -> Task:
+def _run_sync(
+    config: RunConfig, lr: float, server_momentum: float, schedule: str, noise: list[tuple[float, float]]
+) -> Task:
     tasks = _tasks(config)
     model = tasks[0].model
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=server_momentum)
+    factor = lr_lambda(config.train) if schedule == "cosine" else (lambda step: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     momenta = _Momenta(config.aggregation.resolved().worker_momentum, config.num_workers)
     attackers, aggregate = _Attackers(config), SimulatedAggregation(config)
     honest_ranks = [r for r in range(config.num_workers) if r not in attackers.byzantine]
@@ -247,6 +251,7 @@ def _run_sync(config: RunConfig, lr: float, server_momentum: float, noise: list[
         noise.append((noise_to_signal(honest[honest_ranks]), noise_to_signal(grads[honest_ranks])))
         _set_flat(params, aggregate(attackers(honest)), "grad")
         optimizer.step()
+        scheduler.step()
     return tasks[0]
 
 
@@ -301,15 +306,26 @@ def _tenths(noise: list[tuple[float, float]], column: int) -> dict[str, float]:
 
 
 def run_simulated(
-    config: RunConfig, regime: str, *, lr: float = 0.1, server_momentum: float = 0.0
+    config: RunConfig,
+    regime: str,
+    *,
+    lr: float = 0.1,
+    server_momentum: float = 0.0,
+    schedule: str = "constant",
 ) -> dict[str, Any]:
     """Trains ``config`` in ``regime`` (``"sync"``: a gradient step per round with SGD of ``lr`` and
     ``server_momentum`` on the aggregate; ``"diloco"``: the configured DiLoCo) and returns the final
-    accuracy and loss of the global model, the noise-to-signal ratios and the seconds taken."""
+    accuracy and loss of the global model, the noise-to-signal ratios and the seconds taken.
+
+    ``schedule`` (sync only): ``"constant"`` keeps ``lr``; ``"cosine"`` multiplies it by
+    :func:`~farsync.train.schedule.lr_lambda` of ``config.train`` (linear warm-up over
+    ``train.warmup_steps``, then cosine decay to ``train.min_lr_ratio`` at ``train.num_steps``)."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     begin, process = time.perf_counter(), time.process_time()
     noise: list[tuple[float, float]] = []
     if regime == "sync":
-        task = _run_sync(config, lr, server_momentum, noise)
+        task = _run_sync(config, lr, server_momentum, schedule, noise)
     elif regime == "diloco":
         task = _run_diloco(config, noise)
     else:

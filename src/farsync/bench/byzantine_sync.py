@@ -27,6 +27,7 @@ from farsync.sim.attacking import build_attacking_reducer
 from farsync.sim.attacks import LABEL_FLIP
 from farsync.sim.ranks import run_ranks
 from farsync.train.build import build_reducer
+from farsync.train.schedule import lr_lambda
 from farsync.train.task import build_task
 
 __all__ = ["SYNC_LR", "SYNC_MOMENTUM", "run_sync"]
@@ -34,15 +35,20 @@ __all__ = ["SYNC_LR", "SYNC_MOMENTUM", "run_sync"]
 logger = logging.getLogger(__name__)
 
 SYNC_LR = 0.1
-"""SGD learning rate of the synchronous regime (constant)."""
+"""SGD learning rate of the synchronous regime (peak, with ``schedule = "cosine"``)."""
 SYNC_MOMENTUM = 0.9
 """SGD momentum of the synchronous regime, applied to the aggregated gradient."""
 _TIMEOUT_S = 900.0  # a 300-step run of 16 threads on a loaded 2-core machine takes minutes
 
 
-def run_sync(config: RunConfig) -> dict[str, Any]:
+def run_sync(config: RunConfig, schedule: str = "constant") -> dict[str, Any]:
     """Trains ``config.num_workers`` threads for ``config.train.num_steps`` steps; returns the final
-    accuracy and loss of the (identical) model and the bytes each worker sent."""
+    accuracy and loss of the (identical) model and the bytes each worker sent.
+
+    ``schedule``: ``"constant"`` keeps :data:`SYNC_LR`; ``"cosine"`` multiplies it by
+    :func:`~farsync.train.schedule.lr_lambda` of ``config.train`` (warm-up, then cosine decay)."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     begin = time.perf_counter()
     byzantine = set(config.byzantine.workers)
 
@@ -66,6 +72,8 @@ def run_sync(config: RunConfig) -> dict[str, Any]:
         # With worker momentum the workers already send momenta: the step must not add momentum again.
         momentum = 0.0 if config.aggregation.resolved().worker_momentum > 0 else SYNC_MOMENTUM
         optimizer = torch.optim.SGD(model.parameters(), lr=SYNC_LR, momentum=momentum)
+        factor = lr_lambda(config.train) if schedule == "cosine" else (lambda step: 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         for _ in range(config.train.num_steps):
             x, y = next(task.batches)
             optimizer.zero_grad(set_to_none=False)
@@ -76,6 +84,7 @@ def run_sync(config: RunConfig) -> dict[str, Any]:
             for name, param in named.items():
                 param.grad = averaged[name].to(param.dtype).reshape(param.shape).clone()
             optimizer.step()
+            scheduler.step()
         metrics = task.evaluate(model) if rank == 0 else {}
         ledger = comm.ledger
         return {"metrics": metrics, "bytes_sent": ledger.bytes_sent(), "verify": ledger.bytes_sent("verify")}
