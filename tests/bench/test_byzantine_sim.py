@@ -114,3 +114,27 @@ def test_cosine_schedule_sets_each_steps_learning_rate(monkeypatch: pytest.Monke
     assert rates == pytest.approx([0.1] * 4)
     with pytest.raises(ValueError, match="schedule must be"):
         run_simulated(_small_sync(1, 0), "sync", schedule="linear")
+
+
+def test_a_diverged_run_stops_and_is_scored_instead_of_crashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: from the third round on the vectors sent hold an infinity (an attack blew the model up).
+    from farsync.bench import byzantine_sim
+
+    calls = {"n": 0}
+    forward = byzantine_sim._Attackers.__call__
+
+    def blown_up(self: Any, honest: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        sent = forward(self, honest)
+        return sent if calls["n"] < 3 else sent.fill_(float("inf"))
+
+    monkeypatch.setattr(byzantine_sim._Attackers, "__call__", blown_up)
+    # Execute
+    outcome = run_simulated(_small_sync(4, 1), "sync", lr=0.1)
+    # Assert: two rounds aggregated, then stopped; the model as it stood is scored.
+    assert outcome["diverged"] is True
+    assert outcome["num_rounds"] == 2
+    assert 0.0 <= outcome["final_eval_accuracy"] <= 1.0
+    monkeypatch.setattr(byzantine_sim._Attackers, "__call__", forward)
+    clean = run_simulated(_small_sync(4, 1), "sync", lr=0.1)
+    assert clean["diverged"] is False and clean["num_rounds"] == 4

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections import deque
 from typing import Any
@@ -233,8 +234,24 @@ def _set_flat(params: list[nn.Parameter], flat: torch.Tensor, attribute: str) ->
         offset += count
 
 
+def _diverged(sent: torch.Tensor, diverged: list[bool]) -> bool:
+    """Whether a round's vectors hold a value that is not finite: the run has diverged (an attack blew the
+    model up, so the honest gradients overflow too). The run then stops and is scored as it stands: the
+    distributed reducer's validation would reject the non-finite vectors and, with every honest one among
+    them, have nothing left to aggregate; a rule's radius computed from them would be NaN."""
+    if bool(torch.isfinite(sent).all()):
+        return False
+    diverged.append(True)
+    return True
+
+
 def _run_sync(
-    config: RunConfig, lr: float, server_momentum: float, schedule: str, noise: list[tuple[float, float]]
+    config: RunConfig,
+    lr: float,
+    server_momentum: float,
+    schedule: str,
+    noise: list[tuple[float, float]],
+    diverged: list[bool],
 ) -> Task:
     tasks = _tasks(config)
     model = tasks[0].model
@@ -248,14 +265,17 @@ def _run_sync(
     for _ in range(config.train.num_steps):
         grads = _gradients(model, tasks)
         honest = momenta(grads)
+        sent = attackers(honest)
+        if _diverged(sent, diverged):
+            break
         noise.append((noise_to_signal(honest[honest_ranks]), noise_to_signal(grads[honest_ranks])))
-        _set_flat(params, aggregate(attackers(honest)), "grad")
+        _set_flat(params, aggregate(sent), "grad")
         optimizer.step()
         scheduler.step()
     return tasks[0]
 
 
-def _run_diloco(config: RunConfig, noise: list[tuple[float, float]]) -> Task:
+def _run_diloco(config: RunConfig, noise: list[tuple[float, float]], diverged: list[bool]) -> Task:
     tasks = _tasks(config)
     train, algorithm = config.train, config.algorithm.with_outer_recipe(config.num_workers)
     models = [task.model for task in tasks]
@@ -286,8 +306,11 @@ def _run_diloco(config: RunConfig, noise: list[tuple[float, float]]) -> Task:
             deltas.append(start - _flat([p.detach() for p in params]))
         raw = torch.stack(deltas)
         honest = momenta(raw)
+        sent = attackers(honest)
+        if _diverged(sent, diverged):
+            break
         noise.append((noise_to_signal(honest[honest_ranks]), noise_to_signal(raw[honest_ranks])))
-        averaged = aggregate(attackers(honest))
+        averaged = aggregate(sent)
         names = list(outer.params)
         shapes = [outer.params[name].shape for name in names]
         pieces = torch.split(averaged, [s.numel() for s in shapes])
@@ -324,16 +347,19 @@ def run_simulated(
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     begin, process = time.perf_counter(), time.process_time()
     noise: list[tuple[float, float]] = []
+    diverged: list[bool] = []
     if regime == "sync":
-        task = _run_sync(config, lr, server_momentum, schedule, noise)
+        task = _run_sync(config, lr, server_momentum, schedule, noise, diverged)
     elif regime == "diloco":
-        task = _run_diloco(config, noise)
+        task = _run_diloco(config, noise, diverged)
     else:
         raise ValueError(f"regime must be 'sync' or 'diloco', got {regime!r}")
     metrics = task.evaluate(task.model)
+    loss = float(metrics["eval_loss"])
     return {
         "final_eval_accuracy": float(metrics["eval_accuracy"]),
-        "final_eval_loss": float(metrics["eval_loss"]),
+        "final_eval_loss": loss if math.isfinite(loss) else float("inf"),
+        "diverged": bool(diverged),
         "noise_to_signal_sent": _tenths(noise, 0),
         "noise_to_signal_raw": _tenths(noise, 1),
         "num_rounds": len(noise),
