@@ -18,9 +18,8 @@ The sharing legs run on the plan's ``sharing`` settings on top (their own warm-s
 ``benchmarks/rl_swarm_sweep.py``, see ``benchmarks/results/rl_swarm_sweep.md``).
 
 The **attack plan** (the plan's ``attack`` settings on top: lr 4e-4 and 100 rounds where the sharing plan has
-lr 3e-4, and ``num_generated_groups = 4``: each node samples, shares and trains on its 4 own groups plus 4
-shared ones, our split of :mod:`farsync.rl.swarm_node`, the setting the attack sweep and the committed attack
-figures were measured at, before the sharing legs moved to SAPO's equal compute) runs the attack legs, 3 of the 8 nodes malicious (a minority, as in the paper's threat model):
+lr 3e-4; every node at SAPO's equal compute as in the sharing legs; the attack sweep was run earlier with our
+split, where a node sampled only its 4 groups) runs the attack legs, 3 of the 8 nodes malicious (a minority, as in the paper's threat model):
 
 * ``clean``: 4 / 4 with no attack (the attack legs' reference);
 * ``poisoned_paper``: the paper's out-of-context attack (:func:`~farsync.rl.poison.out_of_context`: the
@@ -108,7 +107,7 @@ FULL: dict[str, Any] = {
     "group_size": 8,
     "max_sft_steps": 2000,
     "lr": 3e-4,
-    "attack": {"lr": 4e-4, "num_rounds": 100, "num_generated_groups": 4},
+    "attack": {"lr": 4e-4, "num_rounds": 100},
     "legs": list(LEGS),
     "model": {"num_layers": 2, "width": 64, "num_heads": 4, "context_length": 16},
     "sharing": {"warm_pass": 0.05},
@@ -131,7 +130,7 @@ SMOKE: dict[str, Any] = {
     "num_heldout": 8,
     "num_validation": 8,
     "group_size": 4,
-    "attack": {"lr": 4e-4, "num_rounds": 1, "num_generated_groups": 4},
+    "attack": {"lr": 4e-4, "num_rounds": 1},
     "legs": list(LEGS),
     "max_sft_steps": 25,
     "model": {"num_layers": 1, "width": 16, "num_heads": 2, "context_length": 16},
